@@ -1,0 +1,36 @@
+"""Interval bound propagation in centre/radius form (paper Eq. 1)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune.bounds.ir import Net, avgpool, linear
+from jaxprune.models.spec import INPUT
+
+
+def ibp(net: Net, lower, upper):
+  """Returns (lower, upper, relu_bounds) with relu_bounds[name] = (l, u) of each ReLU's input.
+
+  mu' = W mu + b, r' = |W| r: two passes per linear layer, no matter the width.
+  """
+  vals = {INPUT: ((upper + lower) / 2, (upper - lower) / 2)}
+  relu_bounds = {}
+  for node in net.nodes:
+    args = [vals[n] for n in node.inputs]
+    c, r = args[0]
+    if node.op in ("conv", "dense", "affine"):
+      c, r = linear(node, c), linear(node, r, kernel=jnp.abs(node.w), bias=False)
+    elif node.op == "relu":
+      l, u = c - r, c + r
+      relu_bounds[node.name] = (l, u)
+      l, u = jax.nn.relu(l), jax.nn.relu(u)
+      c, r = (u + l) / 2, (u - l) / 2
+    elif node.op == "flatten":
+      c, r = c.reshape(c.shape[0], -1), r.reshape(r.shape[0], -1)
+    elif node.op == "add":
+      c, r = sum(a[0] for a in args), sum(a[1] for a in args)
+    elif node.op == "avgpool":
+      c, r = avgpool(node, c), avgpool(node, r)
+    vals[node.name] = (c, r)
+  c, r = vals[net.output]
+  return c - r, c + r, relu_bounds
