@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+from jaxprune.bounds.alpha import alpha_crown
+from jaxprune.bounds.crown import crown, crown_ibp
 from jaxprune.bounds.ibp import ibp
 from jaxprune.bounds.ir import Net, Node, fold_bn, fold_spec, forward, from_layers, from_model
 from jaxprune.bounds.spec import input_box, margin_matrix, verified_from_margins
 
 # Each method maps (net, lower, upper, **options) -> (lower, upper, relu_bounds).
-METHODS: dict[str, Callable] = {"ibp": ibp}
+METHODS: dict[str, Callable] = {"ibp": ibp, "crown": crown, "crown_ibp": crown_ibp,
+                                "alpha_crown": alpha_crown}
 
 
 def compute_bounds(net: Net, x_lower, x_upper, C=None, method: str = "ibp",
@@ -33,4 +36,5 @@ def compute_bounds(net: Net, x_lower, x_upper, C=None, method: str = "ibp",
 
 
 __all__ = ["Net", "Node", "METHODS", "compute_bounds", "from_model", "from_layers", "forward",
-           "fold_bn", "fold_spec", "ibp", "input_box", "margin_matrix", "verified_from_margins"]
+           "fold_bn", "fold_spec", "ibp", "crown", "crown_ibp", "alpha_crown", "input_box",
+           "margin_matrix", "verified_from_margins"]

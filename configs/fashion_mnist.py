@@ -1,0 +1,33 @@
+"""FashionMNIST, CNN-7L (1 input channel, Dense(1152,100)), CROWN-IBP at eps 0.1.
+
+    python -m jaxprune.experiments.fashion_mnist --workdir=runs/fmnist
+    python -m jaxprune.experiments.fashion_mnist --workdir=runs/fmnist_ibp \
+        --config=configs/fashion_mnist.py:ibp_cpu --config.data_dir=../shared/data/fashion-mnist
+
+Full run: 200 epochs (hours on one GPU). `ibp_cpu`: IBP training sized for a
+2-core CPU, about 30 minutes. `smoke`: one short epoch, about a minute.
+"""
+from jaxprune.train.config import base_config
+
+
+def get_config(preset: str = ""):
+  c = base_config()
+  c.dataset = "fashion_mnist"
+  c.model = "cnn7l"
+  c.train.eps = 0.1
+  c.eval.num_test = 200
+  if preset == "ibp_cpu":
+    c.train.mode = "ibp"
+    c.train.epochs = 4
+    c.train.eps_schedule = "smoothed"
+    c.train.eps_start, c.train.eps_length, c.train.eps_mid = 1, 3, 0.25
+    c.train.lr_milestones = (3,)
+    c.eval.num_test = 1000
+  elif preset == "smoke":
+    c.train.epochs, c.train.num_train, c.train.batch_size = 1, 512, 64
+    c.train.eps_schedule, c.eval.num_test = "linear", 100
+    c.train.eps_start, c.train.eps_length = 1, 1
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r} for configs/fashion_mnist.py; "
+                     "valid: ibp_cpu, smoke")
+  return c

@@ -1,0 +1,13 @@
+"""Datasets as verified numpy arrays, and deterministic batching.
+
+`load(name)` reads the standard files (IDX, CIFAR python batches, SVHN .mat,
+ERAN csv), checks their official checksums on every load and returns a
+`Dataset` with pixels in [0, 1]; `normalize` is applied by the model.
+"""
+from jaxprune.data.batching import batches
+from jaxprune.data.datasets import (NAMES, Dataset, first_n_test, load,
+                                    normalize)
+from jaxprune.data.sources import CHECKSUMS, DataError
+
+__all__ = ["CHECKSUMS", "NAMES", "DataError", "Dataset", "batches",
+           "first_n_test", "load", "normalize"]

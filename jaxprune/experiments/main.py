@@ -1,0 +1,51 @@
+"""Shared CLI: `python -m jaxprune.experiments.<dataset> --workdir=DIR [--config.x=y ...]`.
+
+A thin wrapper in the flax-examples style: flags and error reporting here,
+all the work in `jaxprune.train.train_and_evaluate(config, workdir)`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def run(dataset_config: str) -> None:
+  """Parse flags with `configs/<dataset_config>.py` as the default config and run."""
+  default = CONFIG_DIR / f"{dataset_config}.py"
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.jsonl.")
+  # ml_collections applies --config.* overrides while defining the flag, so guard both steps.
+  clear_errors(lambda: config_flags.DEFINE_config_file(
+      "config", str(default), "Config file (path[:preset]).", lock_config=True), sys.argv)
+  flags.mark_flags_as_required(["workdir"])
+  app.run(lambda argv: main(argv, flags.FLAGS),
+          flags_parser=lambda argv: clear_errors(lambda: flags.FLAGS(argv), argv))
+
+
+def clear_errors(fn, argv):
+  """Run a flag-parsing step; bad keys or values become one clear line and exit 2."""
+  try:
+    return fn()
+  except (AttributeError, KeyError) as e:
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: unknown config key {e} (overrides given: {overrides})", file=sys.stderr)
+  except (flags.Error, ValueError, TypeError) as e:
+    print(f"error: bad command line: {e}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv, FLAGS) -> None:
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from jaxprune.data import DataError
+  from jaxprune.train import ConfigError, NaNLossError, train_and_evaluate
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ConfigError, DataError, NaNLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

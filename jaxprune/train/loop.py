@@ -1,0 +1,251 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Resumable exactly: the data order depends only on (seed, epoch), the PRNG key
+lives in the checkpointed state, and a checkpoint is written at the end of
+every epoch, so a run killed at any point and started again with the same
+command ends with the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jaxprune import bounds, data, models
+from jaxprune.models import apply_masks
+from jaxprune.train import losses, schedules
+from jaxprune.train.checkpoint import Checkpoints
+from jaxprune.train.config import validate_config
+from jaxprune.train.state import TrainState, init_state, make_optimizer
+from jaxprune.utils import atomic_write_text
+
+
+class NaNLossError(FloatingPointError):
+  pass
+
+
+def make_context(config, ds) -> losses.Context:
+  t = config.train
+  return losses.Context(
+      model=models.create(config.model, num_classes=ds.num_classes),
+      mean=tuple(np.broadcast_to(ds.mean, (ds.input_shape[-1],)).tolist()),
+      std=tuple(np.broadcast_to(ds.std, (ds.input_shape[-1],)).tolist()),
+      num_classes=ds.num_classes, eps_max=t.eps, kappa_end=t.kappa_end,
+      rs_weight=t.rs_weight, nrs_weight=t.nrs_weight, slim_l1=t.slim_l1,
+      fgsm_step=t.fgsm_step, gradalign_weight=t.gradalign_weight,
+      bound_method=losses.BOUND_METHOD.get(t.mode, "ibp"))
+
+
+def make_train_step(ctx: losses.Context, loss_fn: Callable, tx) -> Callable:
+  """One jitted optimisation step; masked weights are re-zeroed after every update."""
+
+  def step(state: TrainState, x, y, eps, kappa):
+    key = jax.random.fold_in(state.key, state.step)
+
+    def f(params):
+      return loss_fn(ctx, params, state.batch_stats, state.masks, (x, y), eps, kappa, key)
+
+    (_, (batch_stats, metrics)), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_fn(ctx: losses.Context, methods: Sequence[str]) -> Callable:
+  """Sums over a (padded) batch: clean correct, verified per bound method, instability."""
+
+  def evaluate(params, batch_stats, masks, x, y, weight, eps):
+    logits, _, _ = losses.clean_forward(ctx, params, batch_stats, masks, x, train=False)
+    out = {"clean": jnp.sum(weight * (jnp.argmax(logits, -1) == y))}
+    net = bounds.from_layers(ctx.model.layers, {"params": params, "batch_stats": batch_stats},
+                             masks, bn="eval")
+    relu_bounds = None
+    for method in methods:
+      lower, relu_bounds = losses.certified_bounds(ctx, net, x, y, eps, method)
+      out[f"{method}_verified"] = jnp.sum(weight * bounds.verified_from_margins(lower, y))
+    if relu_bounds:
+      unstable, total = 0.0, 0
+      inst = 0.0
+      for l, u in relu_bounds.values():
+        mask = (l < 0) & (u > 0)
+        per = mask.reshape(mask.shape[0], -1)
+        unstable += jnp.sum(weight * per.sum(-1))
+        inst += jnp.sum(weight * jnp.where(mask, -l * u, 0.0).reshape(mask.shape[0], -1).sum(-1))
+        total += per.shape[-1]
+      out["unstable"], out["instability"] = unstable, inst
+      out["neurons"] = jnp.asarray(total, jnp.float32) * jnp.sum(weight)
+    return out
+
+  return jax.jit(evaluate)
+
+
+def evaluate(eval_fn, state: TrainState, x, y, eps: float, batch_size: int) -> dict:
+  """Run `eval_fn` over (x, y) in fixed-size padded batches; returns rates."""
+  n = len(x)
+  sums: dict = {}
+  for i in range(0, n, batch_size):
+    xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+    pad = batch_size - len(xb)
+    w = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
+    xb = np.concatenate([xb, np.repeat(xb[:1], pad, 0)]) if pad else xb
+    yb = np.concatenate([yb, np.repeat(yb[:1], pad, 0)]) if pad else yb
+    out = eval_fn(state.params, state.batch_stats, state.masks, xb, yb, w, eps)
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  res = {f"test_{k}_acc" if k.endswith("verified") or k == "clean" else k: v / n
+         for k, v in sums.items() if k != "neurons"}
+  if "neurons" in sums:
+    res["unstable_ratio"] = sums["unstable"] / max(sums["neurons"], 1.0)
+    res["unstable"] = sums["unstable"] / n
+    res["instability"] = sums["instability"] / n
+  return res
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.array(jax.devices()), ("data",))
+
+
+class MetricsLog:
+  """metrics.jsonl, one line per epoch; on resume, lines past the checkpoint are dropped."""
+
+  def __init__(self, path: str, keep_epochs_below: int):
+    self.path = path
+    self.rows = []
+    if os.path.exists(path):
+      with open(path) as f:
+        self.rows = [r for r in map(json.loads, filter(str.strip, f))
+                     if r["epoch"] < keep_epochs_below]
+      self._flush()
+
+  def append(self, row: dict) -> None:
+    self.rows.append(row)
+    self._flush()
+
+  def _flush(self):
+    atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
+def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
+        on_epoch_end: Optional[Callable[[int, TrainState], None]] = None
+        ) -> tuple[TrainState, dict]:
+  """Train `state` for config.train.epochs in `workdir`, resuming from its checkpoints.
+
+  Returns the final state and a summary (last and best metrics). The best
+  checkpoint is the one with the lowest IBP-verified test error (clean error
+  for standard training).
+  """
+  t = config.train
+  os.makedirs(workdir, exist_ok=True)
+  x_train, y_train = ds.x_train, ds.y_train
+  if t.num_train:
+    x_train, y_train = x_train[:t.num_train], y_train[:t.num_train]
+  steps_per_epoch = len(x_train) // t.batch_size
+  if t.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, t.steps_per_epoch)
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size {t.batch_size} exceeds the {len(x_train)} training images")
+  x_test, y_test = data.first_n_test(ds, config.eval.num_test)
+  tx = make_optimizer(t, steps_per_epoch)
+  loss_fn = losses.LOSSES[t.mode]
+  train_step = make_train_step(ctx, loss_fn, tx)
+  methods = tuple(config.eval.methods)
+  eval_fn = make_eval_fn(ctx, methods)
+  select = f"test_{methods[0]}_verified_acc" if methods and t.mode != "standard" \
+      else "test_clean_acc"
+
+  mesh = make_mesh()
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  if t.batch_size % mesh.size:
+    raise ValueError(f"batch_size {t.batch_size} is not divisible by {mesh.size} devices")
+  # The step donates its state; copy once so the caller's arrays (e.g. masks) stay valid.
+  state = jax.device_put(jax.tree_util.tree_map(jnp.array, state), replicated)
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+  start_epoch, best = 0, {"value": -1.0}
+  if ckpts.latest_step("last") is not None:
+    state, meta = ckpts.restore("last", state)
+    state = jax.device_put(state, replicated)
+    start_epoch, best = meta["epoch"] + 1, meta["best"]
+  log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_epoch)
+
+  last = log.rows[-1] if log.rows else {}
+  for epoch in range(start_epoch, t.epochs):
+    t0 = time.time()
+    sums, count = {}, 0
+    bar = tqdm(data.batches(x_train, y_train, t.batch_size, config.seed, epoch),
+               total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+               disable=None)
+    for i, (xb, yb) in enumerate(bar):
+      if i >= steps_per_epoch:
+        break
+      gstep = epoch * steps_per_epoch + i
+      eps = schedules.eps_at(t, gstep, steps_per_epoch)
+      kappa = schedules.kappa_at(t, eps)
+      state, metrics = train_step(state, jax.device_put(xb, sharded), jax.device_put(yb, sharded),
+                                  jnp.float32(eps), jnp.float32(kappa))
+      for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + v
+      count += 1
+      if i % 10 == 0 or i == steps_per_epoch - 1:
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+          raise NaNLossError(
+              f"loss is {loss} at epoch {epoch + 1}, step {i + 1} (eps={eps:.5f}); stopping. "
+              f"The last good checkpoint in {os.path.join(workdir, 'checkpoints')} is intact.")
+        bar.set_postfix(loss=f"{loss:.4f}", eps=f"{eps:.4f}")
+    train_metrics = {f"train_{k}": float(v) / count for k, v in sums.items()}
+    if not math.isfinite(train_metrics["train_loss"]):
+      raise NaNLossError(f"loss is not finite in epoch {epoch + 1}; stopping. The last good "
+                         f"checkpoint in {os.path.join(workdir, 'checkpoints')} is intact.")
+    test = evaluate(eval_fn, state, x_test, y_test, t.eps, config.eval.batch_size)
+    last = {"epoch": epoch, "eps": eps, "lr": float(tx_lr(t, steps_per_epoch, gstep)),
+            **train_metrics, **test, "epoch_time_s": time.time() - t0}
+    # Log and hook before the "last" checkpoint: a run killed in between redoes this
+    # epoch, and the redo rewrites both (the log drops rows past the checkpoint).
+    log.append(last)
+    if on_epoch_end is not None:
+      on_epoch_end(epoch, state)
+    value = last.get(select, 0.0)
+    if value > best["value"]:
+      best = {"value": value, "epoch": epoch, "metric": select, **last}
+      ckpts.save("best", epoch, state, {"epoch": epoch, "best": best})
+    ckpts.save("last", epoch, state, {"epoch": epoch, "best": best})
+    tqdm.write(f"epoch {epoch + 1}/{t.epochs} " + " ".join(
+        f"{k}={v:.4f}" for k, v in last.items()
+        if k in ("train_loss", "test_clean_acc", select, "eps", "epoch_time_s")))
+  ckpts.close()
+  return state, {"last": last, "best": best}
+
+
+def tx_lr(t, steps_per_epoch: int, step: int) -> float:
+  return schedules.lr_schedule(t.lr, t.lr_milestones, t.lr_decay, steps_per_epoch)(step)
+
+
+def maybe_initialize_distributed(config) -> None:
+  d = config.get("distributed")
+  if d is not None and d.num_processes > 1:
+    jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
+
+
+def train_and_evaluate(config, workdir: str):
+  """Validate the config, load data, build the model, train (resuming) and evaluate."""
+  validate_config(config)
+  maybe_initialize_distributed(config)
+  ds = data.load(config.dataset, data_dir=config.data_dir or None)
+  ctx = make_context(config, ds)
+  tx_for_init = make_optimizer(config.train, 1)
+  state = init_state(ctx.model, ds.input_shape, tx_for_init, config.seed)
+  os.makedirs(workdir, exist_ok=True)
+  atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  return fit(config, workdir, ctx, ds, state)

@@ -1,0 +1,206 @@
+"""Training losses, each a pure function of (ctx, params, batch_stats, masks, batch, eps, key).
+
+A loss returns `(loss, (new_batch_stats, metrics))`. Modes are picked by name
+from `LOSSES`; new modes (e.g. CROWN-IBP) register themselves there.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxprune import bounds
+from jaxprune.models import apply_masks
+from jaxprune.models.spec import SpecNet
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Static facts a loss needs (hashable, so it can close over a jitted step)."""
+
+  model: SpecNet
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  num_classes: int
+  eps_max: float = 0.0
+  kappa_end: float = 0.0
+  rs_weight: float = 0.0
+  nrs_weight: float = 0.0
+  slim_l1: float = 0.0
+  fgsm_step: float = 1.25
+  gradalign_weight: float = 0.2
+  bound_method: str = "ibp"
+
+  def normalize(self, x):
+    return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def clean_forward(ctx: Context, params, batch_stats, masks, x, train: bool = True):
+  """Logits on pixel-space x, the updated running stats and the batch's BN statistics."""
+  variables = {"params": apply_masks(params, masks), "batch_stats": batch_stats}
+  if not train:
+    return ctx.model.apply(variables, ctx.normalize(x), train=False), batch_stats, None
+  logits, mut = ctx.model.apply(variables, ctx.normalize(x), train=True,
+                                mutable=["batch_stats", "intermediates"])
+  return logits, mut["batch_stats"], mut.get("intermediates", {})
+
+
+def certified_bounds(ctx: Context, net, x, y, eps, method: str, **options):
+  """Lower bounds of the margins y - j over the pixel-space eps ball, and ReLU bounds."""
+  xl, xu = bounds.input_box(x, eps, ctx.mean, ctx.std)
+  lower, _, relu_bounds = bounds.compute_bounds(
+      net, xl, xu, C=bounds.margin_matrix(y, ctx.num_classes), method=method,
+      return_relu_bounds=True, **options)
+  return lower, relu_bounds
+
+
+def robust_cross_entropy(margin_lower, y):
+  """CE of the worst-case logits -lower(z_y - z_j) (0 for the true class)."""
+  return cross_entropy(-margin_lower, y)
+
+
+def per_channel(fn, l, u):
+  """fn(l, u) averaged over every axis but the last (batch and space)."""
+  return jnp.mean(fn(l, u).reshape(-1, l.shape[-1]), axis=0)
+
+
+def rs_loss(relu_bounds) -> jax.Array:
+  """RSLoss (Xiao et al. 2018): -tanh(1 + l u) on every ReLU's pre-activation bounds."""
+  if not relu_bounds:
+    return jnp.zeros(())
+  return jnp.concatenate([per_channel(lambda a, b: -jnp.tanh(1 + a * b), l, u)
+                          for l, u in relu_bounds.values()]).mean()
+
+
+def nrs_loss(net, relu_bounds) -> jax.Array:
+  """NRSLoss: -tanh(1 + l u / (sg(gamma)^2 + 1e-8)) on BN outputs feeding a ReLU.
+
+  Channel means over batch and space, then the mean over all channels of all
+  such layers (as the paper's code). The stop-gradient on gamma keeps BN free.
+  """
+  terms = []
+  for node in net.relu_nodes():
+    src = net.node(node.inputs[0])
+    if src.op != "affine" or node.name not in relu_bounds:
+      continue
+    l, u = relu_bounds[node.name]
+    g2 = jnp.square(jax.lax.stop_gradient(src.gamma)) + 1e-8
+    terms.append(per_channel(lambda a, b: -jnp.tanh(1 + a * b / g2), l, u))
+  return jnp.concatenate(terms).mean() if terms else jnp.zeros(())
+
+
+def instability(relu_bounds):
+  """(sum of -l*u over unstable neurons per sample, unstable count, neuron count)."""
+  total, unstable, count = 0.0, 0.0, 0
+  for l, u in relu_bounds.values():
+    mask = (l < 0) & (u > 0)
+    batch = l.shape[0]
+    total = total + jnp.sum(jnp.where(mask, -l * u, 0.0)) / batch
+    unstable = unstable + jnp.sum(mask) / batch
+    count += l.size // batch
+  return total, unstable, count
+
+
+def regularizers(ctx: Context, params, net, relu_bounds):
+  """Stability regularisers (RS / NRS) and Network Slimming's L1 on BN gamma."""
+  reg, metrics = jnp.zeros(()), {}
+  if ctx.rs_weight:
+    metrics["rs_loss"] = rs_loss(relu_bounds)
+    reg += ctx.rs_weight * metrics["rs_loss"]
+  if ctx.nrs_weight:
+    metrics["nrs_loss"] = nrs_loss(net, relu_bounds)
+    reg += ctx.nrs_weight * metrics["nrs_loss"]
+  if ctx.slim_l1:
+    gammas = [params[l.name]["scale"] for l in ctx.model.layers if l.op == "bn"]
+    reg += ctx.slim_l1 * sum(jnp.sum(jnp.abs(g)) for g in gammas)
+  return reg, metrics
+
+
+def batch_net(ctx: Context, params, batch_stats, masks, stats):
+  """The IR with BN folded by the clean batch's statistics (training-mode bounds)."""
+  return bounds.from_layers(ctx.model.layers, {"params": params, "batch_stats": batch_stats},
+                            masks, bn="batch", stats=stats)
+
+
+def standard_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
+  del eps, kappa, key
+  x, y = batch
+  logits, new_stats, stats = clean_forward(ctx, params, batch_stats, masks, x)
+  loss = cross_entropy(logits, y)
+  metrics = {"clean_ce": loss, "acc": accuracy(logits, y)}
+  if ctx.rs_weight or ctx.nrs_weight or ctx.slim_l1:
+    net = batch_net(ctx, params, batch_stats, masks, stats)
+    _, relu_bounds = certified_bounds(ctx, net, x, y, ctx.eps_max, "ibp")
+    reg, more = regularizers(ctx, params, net, relu_bounds)
+    loss, metrics = loss + reg, {**metrics, **more}
+  return loss, (new_stats, {"loss": loss, **metrics})
+
+
+def certified_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
+  """kappa * clean CE + (1 - kappa) * CE of the worst-case logits from `ctx.bound_method`."""
+  del key
+  x, y = batch
+  logits, new_stats, stats = clean_forward(ctx, params, batch_stats, masks, x)
+  net = batch_net(ctx, params, batch_stats, masks, stats)
+  lower, relu_bounds = certified_bounds(ctx, net, x, y, eps, ctx.bound_method)
+  clean, robust = cross_entropy(logits, y), robust_cross_entropy(lower, y)
+  reg, more = regularizers(ctx, params, net, relu_bounds)
+  loss = kappa * clean + (1 - kappa) * robust + reg
+  verified = bounds.verified_from_margins(lower, y)
+  return loss, (new_stats, {"loss": loss, "clean_ce": clean, "robust_ce": robust,
+                            "acc": accuracy(logits, y), "verified": jnp.mean(verified), **more})
+
+
+def fgsm_gradalign_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
+  """FGSM from a random start (step 1.25 eps) + GradAlign (Andriushchenko & Flammarion 2020)."""
+  del kappa
+  x, y = batch
+  k1, k2 = jax.random.split(key)
+
+  def input_loss(xp):
+    logits, _, _ = clean_forward(ctx, params, batch_stats, masks, xp)
+    return cross_entropy(logits, y)
+
+  delta = jax.random.uniform(k1, x.shape, x.dtype, -eps, eps)
+  g = jax.grad(input_loss)(jnp.clip(x + delta, 0, 1))
+  delta = jnp.clip(delta + ctx.fgsm_step * eps * jnp.sign(jax.lax.stop_gradient(g)), -eps, eps)
+  x_adv = jnp.clip(x + delta, 0, 1)
+  logits, new_stats, stats = clean_forward(ctx, params, batch_stats, masks, x_adv)
+  adv = cross_entropy(logits, y)
+  metrics = {"adv_ce": adv, "acc": accuracy(logits, y)}
+  loss = adv
+  if ctx.gradalign_weight:
+    g1 = jax.grad(input_loss)(x).reshape(x.shape[0], -1)
+    eta = jax.random.uniform(k2, x.shape, x.dtype, -eps, eps)
+    g2 = jax.grad(input_loss)(jnp.clip(x + eta, 0, 1)).reshape(x.shape[0], -1)
+    cos = jnp.sum(g1 * g2, -1) / (jnp.linalg.norm(g1, axis=-1) * jnp.linalg.norm(g2, axis=-1)
+                                  + 1e-12)
+    metrics["gradalign"] = jnp.mean(1.0 - cos)
+    loss = loss + ctx.gradalign_weight * metrics["gradalign"]
+  if ctx.rs_weight or ctx.nrs_weight or ctx.slim_l1:
+    net = batch_net(ctx, params, batch_stats, masks, stats)
+    _, relu_bounds = certified_bounds(ctx, net, x, y, eps, "ibp")
+    reg, more = regularizers(ctx, params, net, relu_bounds)
+    loss, metrics = loss + reg, {**metrics, **more}
+  return loss, (new_stats, {"loss": loss, **metrics})
+
+
+LossFn = Callable
+# Bound method used by each certified mode (training and the loss's "verified" metric).
+BOUND_METHOD = {"ibp": "ibp"}
+LOSSES: dict[str, LossFn] = {
+    "standard": standard_loss,
+    "ibp": certified_loss,
+    "fgsm_gradalign": fgsm_gradalign_loss,
+}
