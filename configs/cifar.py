@@ -14,6 +14,7 @@ def get_config(preset: str = ""):
   c = base_config()
   c.dataset = "cifar10"
   c.model = "cnn7l"
+  c.train.augment = "crop_flip"  # as the paper's data loaders
   c.train.eps = 2 / 255
   if preset == "eps8":
     c.train.eps = 8 / 255

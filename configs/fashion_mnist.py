@@ -14,6 +14,7 @@ def get_config(preset: str = ""):
   c = base_config()
   c.dataset = "fashion_mnist"
   c.model = "cnn7l"
+  c.train.augment = "crop_flip"  # as the paper's data loaders
   c.train.eps = 0.1
   c.eval.num_test = 200
   if preset == "ibp_cpu":

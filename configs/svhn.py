@@ -14,6 +14,7 @@ def get_config(preset: str = ""):
   c = base_config()
   c.dataset = "svhn"
   c.model = "cnn7l"
+  c.train.augment = "crop"  # as the paper's data loaders
   c.train.eps = 2 / 255
   c.eval.num_test = 200
   if preset == "smoke":

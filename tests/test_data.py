@@ -481,3 +481,27 @@ def test_real_eran_csv(monkeypatch):
   np.testing.assert_array_equal(np.round(ds.x_test[0, 0, 0] * 255), [158, 112, 49])
   np.testing.assert_array_equal(
       ds.y_test, np.load(SHARED / "cifar10-eran-subset" / "y_eran_cifar_first1000.npy")[:100])
+
+
+@pytest.mark.parametrize("kind", ["crop", "crop_flip"])
+def test_augment_crops_within_padding_and_is_deterministic(kind):
+  rng = np.random.default_rng(0)
+  x = rng.random((16, 8, 8, 3)).astype(np.float32)
+  a = data.augment(x, np.random.default_rng(5), kind, pad=2)
+  b = data.augment(x, np.random.default_rng(5), kind, pad=2)
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == x.shape and a.dtype == x.dtype
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(16):  # each output is some crop of the padded image, flipped or not
+    crops = [padded[i, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
+    crops += [c[:, ::-1] for c in crops] if kind == "crop_flip" else []
+    assert any(np.array_equal(a[i], c) for c in crops)
+  assert not np.array_equal(a, x)
+
+
+def test_batches_augmentation_depends_only_on_seed_and_epoch():
+  x = np.random.default_rng(0).random((40, 6, 6, 1)).astype(np.float32)
+  y = np.arange(40)
+  run = lambda e: [b for b, _ in data.batches(x, y, 8, 3, e, augmentation="crop")]
+  assert all(np.array_equal(p, q) for p, q in zip(run(1), run(1)))
+  assert not all(np.array_equal(p, q) for p, q in zip(run(1), run(2)))

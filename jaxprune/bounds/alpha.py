@@ -64,7 +64,7 @@ def init_alphas(net: Net, relu_bounds: dict, given: dict, shapes: dict, batch: i
 
 
 def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
-                share_alphas: bool = False, intermediate: str = "full",
+                lr_decay: float = 0.98, share_alphas: bool = False, intermediate: str = "full",
                 chunk_size: Optional[int] = None, compare_ibp: bool = False,
                 relu_bounds: Optional[dict] = None):
   """Optimised CROWN bounds; never looser than CROWN's, elementwise.
@@ -73,7 +73,8 @@ def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
   (alpha-CROWN; memory grows as neurons x upstream neurons, fine for small
   nets only), "shared" one set of slopes per node (per lower/upper side), and
   "fixed" keeps CROWN's intermediate bounds and optimises the output's slopes
-  only (the cheap mode for large nets). `share_alphas` shares the slopes over
+  only (the cheap mode for large nets). The Adam step decays by `lr_decay`
+  per iteration (auto_LiRPA's defaults: lr 0.1, decay 0.98). `share_alphas` shares the slopes over
   the batch. `chunk_size` and `compare_ibp` are CROWN's (see `crown`).
   `relu_bounds` are used as given and never re-optimised (branch
   and bound). The bounds are evaluated at the initial slopes and after each of
@@ -98,7 +99,7 @@ def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
     result = evaluate(alphas=alphas)
     return -jnp.sum(result[0]), result
 
-  opt = optax.adam(lr)
+  opt = optax.adam(optax.exponential_decay(lr, 1, lr_decay))
 
   def step(_, carry):
     alphas, state, best = carry

@@ -1,7 +1,8 @@
-"""Shared CLI: `python -m jaxprune.experiments.<dataset> --workdir=DIR [--config.x=y ...]`.
+"""Shared CLI: `python -m jaxprune.experiments.<dataset> --workdir=DIR [--pruner=P] [--config.x=y]`.
 
 A thin wrapper in the flax-examples style: flags and error reporting here,
-all the work in `jaxprune.train.train_and_evaluate(config, workdir)`.
+all the work in `jaxprune.train.train_and_evaluate(config, workdir)` or, with
+a pruner, `jaxprune.prune.driver.run(config, workdir)`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def run(dataset_config: str) -> None:
   """Parse flags with `configs/<dataset_config>.py` as the default config and run."""
   default = CONFIG_DIR / f"{dataset_config}.py"
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.jsonl.")
+  flags.DEFINE_string("pruner", None, "Run iterative pruning with this pruner (overrides "
+                      "config.prune.pruner); without it, a non-dense config.prune.pruner does.")
   # ml_collections applies --config.* overrides while defining the flag, so guard both steps.
   clear_errors(lambda: config_flags.DEFINE_config_file(
       "config", str(default), "Config file (path[:preset]).", lock_config=True), sys.argv)
@@ -44,8 +47,12 @@ def main(argv, FLAGS) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   from jaxprune.data import DataError
   from jaxprune.train import ConfigError, NaNLossError, train_and_evaluate
+  from jaxprune.prune import driver
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.pruner is not None or FLAGS.config.prune.pruner != "dense":
+      driver.run(FLAGS.config, FLAGS.workdir, pruner=FLAGS.pruner)
+    else:
+      train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, DataError, NaNLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxprune import data, models
 
@@ -24,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.batch_size = 128
   t.steps_per_epoch = 0  # 0: the whole training set
   t.num_train = 0  # 0: all training images
+  t.augment = "none"  # none | crop | crop_flip (the paper's code: crop_flip; SVHN: crop)
   t.optimizer = "adam"
   t.lr = 1e-3
   t.momentum = 0.9
@@ -36,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eps_start = 11  # 1-based epoch where the ramp starts
   t.eps_length = 81  # epochs of the ramp
   t.eps_mid = 0.4
+  t.loss_fusion = True  # crown_ibp: bound the cross-entropy directly (auto_LiRPA's fusion)
   t.kappa_end = 0.0  # clean-loss weight once eps reaches its maximum
   t.rs_weight = 0.0
   t.nrs_weight = 0.0
@@ -48,6 +51,18 @@ def base_config() -> ml_collections.ConfigDict:
   e.batch_size = 200
   e.methods = ("ibp",)
 
+  p = c.prune = ml_collections.ConfigDict()  # the pruning driver (jaxprune.prune.driver)
+  p.pruner = "dense"  # a name in jaxprune.prune.PRUNERS; "dense" alone: a plain training run
+  p.rounds = 16  # prune-and-retrain rounds after the dense round 0 (0.8^16 = 2.8 % remain)
+  p.rate = config_dict.placeholder(float)  # None: the pruner's (0.2 weights, 0.11 channels)
+  p.mode = "rewind"  # rewind | finetune | one_shot
+  p.rewind_epoch = 8  # rewind to the weights after this many epochs of round 0 (0: init)
+  p.scope = "global"  # global | layerwise
+  p.include_dense = False  # unstructured pruners: prune dense kernels too
+  p.score_batches = 1  # training batches scored by snip (first only) and tp
+  p.hydra_steps = 100  # HYDRA score-optimisation steps (one training batch each)
+  p.min_channels = 1  # structured pruners keep at least this many channels per conv
+
   d = c.distributed = ml_collections.ConfigDict()
   d.coordinator_address = ""
   d.num_processes = 1
@@ -55,7 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def validate_config(c) -> None:
+PRUNE_MODES = ("rewind", "finetune", "one_shot")
+
+
+def validate_config(c, pruning: bool = False) -> None:
+  """Raise ConfigError naming every bad value; `pruning`: the pruning driver will run."""
   from jaxprune import bounds
   from jaxprune.train import losses
   t, problems = c.train, []
@@ -76,6 +95,8 @@ def validate_config(c) -> None:
       problems.append(f"train.{key} must be >= 0, got {t[key]}")
   if not t.lr > 0:
     problems.append(f"train.lr must be > 0, got {t.lr}")
+  if t.augment not in data.AUGMENTATIONS:
+    problems.append(f"train.augment {t.augment!r} is unknown; valid: {list(data.AUGMENTATIONS)}")
   if t.optimizer not in ("adam", "sgd"):
     problems.append(f"train.optimizer {t.optimizer!r} is unknown; valid: ['adam', 'sgd']")
   from jaxprune.train.schedules import EPS_SCHEDULES
@@ -91,5 +112,32 @@ def validate_config(c) -> None:
   for m in c.eval.methods:
     if m not in bounds.METHODS:
       problems.append(f"eval.methods: {m!r} is unknown; valid: {sorted(bounds.METHODS)}")
+  problems += prune_problems(c, pruning)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def prune_problems(c, pruning: bool) -> list[str]:
+  """Problems of `c.prune`; the rewind epoch is checked only when the driver runs."""
+  from jaxprune import prune
+  from jaxprune.prune.select import SCOPES
+  p, problems = c.prune, []
+  if p.pruner not in prune.PRUNERS:
+    problems.append(f"prune.pruner {p.pruner!r} is unknown; valid: {sorted(prune.PRUNERS)}")
+  elif p.include_dense and prune.PRUNERS[p.pruner].kind == "structured":
+    problems.append("prune.include_dense applies to unstructured pruners only")
+  if p.rate is not None and not 0 < p.rate < 1:
+    problems.append(f"prune.rate must lie in (0, 1), got {p.rate}")
+  if p.mode not in PRUNE_MODES:
+    problems.append(f"prune.mode {p.mode!r} is unknown; valid: {list(PRUNE_MODES)}")
+  if p.scope not in SCOPES:
+    problems.append(f"prune.scope {p.scope!r} is unknown; valid: {list(SCOPES)}")
+  for key in ("rounds", "score_batches", "hydra_steps", "min_channels"):
+    if not p[key] >= 1:
+      problems.append(f"prune.{key} must be >= 1, got {p[key]}")
+  if not p.rewind_epoch >= 0:
+    problems.append(f"prune.rewind_epoch must be >= 0, got {p.rewind_epoch}")
+  elif pruning and p.mode != "finetune" and not p.rewind_epoch < c.train.epochs:
+    problems.append(f"prune.rewind_epoch ({p.rewind_epoch}) must be < train.epochs "
+                    f"({c.train.epochs}): round 0 must reach the rewind point")
+  return problems

@@ -42,7 +42,7 @@ def make_context(config, ds) -> losses.Context:
       num_classes=ds.num_classes, eps_max=t.eps, kappa_end=t.kappa_end,
       rs_weight=t.rs_weight, nrs_weight=t.nrs_weight, slim_l1=t.slim_l1,
       fgsm_step=t.fgsm_step, gradalign_weight=t.gradalign_weight,
-      bound_method=losses.BOUND_METHOD.get(t.mode, "ibp"))
+      bound_method=losses.BOUND_METHOD.get(t.mode, "ibp"), loss_fusion=t.loss_fusion)
 
 
 def make_train_step(ctx: losses.Context, loss_fn: Callable, tx) -> Callable:
@@ -183,7 +183,8 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
   for epoch in range(start_epoch, t.epochs):
     t0 = time.time()
     sums, count = {}, 0
-    bar = tqdm(data.batches(x_train, y_train, t.batch_size, config.seed, epoch),
+    bar = tqdm(data.batches(x_train, y_train, t.batch_size, config.seed, epoch,
+                            augmentation=t.augment),
                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
                disable=None)
     for i, (xb, yb) in enumerate(bar):
