@@ -388,12 +388,11 @@ def test_gradient_matches_finite_differences(model, method):
     x = jax.random.normal(jax.random.PRNGKey(1), (BATCH,) + shape, jnp.float64)
     C = bounds.margin_matrix(jnp.array([0, 1]), classes).astype(jnp.float64)
 
-    @jax.jit
     def loss(params):
       net = bounds.from_model(net_model, {**variables, "params": params}, masks)
       return jnp.sum(bounds.compute_bounds(net, x - 0.1, x + 0.1, C, method=method)[0])
 
-    grad = jax.grad(loss)(params)
+    loss, grad = jax.jit(loss), jax.jit(jax.grad(loss))(params)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
     leaves, tree = jax.tree.flatten(params)
     direction = jax.tree.unflatten(tree, [jax.random.normal(jax.random.PRNGKey(i), v.shape, v.dtype)
