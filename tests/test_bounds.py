@@ -41,10 +41,10 @@ def all_bounds(model, net, xl, xu, C):
   return {m: bound_fn(m, o)(net, xl, xu, C) for m, o in methods(model).items()}
 
 
-def random_model(name, seed, density, shape, num_classes=K, **kwargs):
-  """(model, variables, masks): random masks, biases, BN scales/shifts and running statistics."""
-  model = models.create(name, num_classes=num_classes, **kwargs)
-  key = jax.random.PRNGKey(seed)
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def random_variables(key, density, name, shape, num_classes, kwargs):
+  """Random masks, biases, BN scales/shifts and running statistics (one compile per model)."""
+  model = models.create(name, num_classes=num_classes, **dict(kwargs))
   variables = model.init(jax.random.fold_in(key, 0), jnp.zeros((1,) + shape))
   draw = {"bias": lambda k, s: 0.3 * jax.random.normal(k, s),
           "scale": lambda k, s: 0.8 + 0.6 * jax.random.normal(k, s),  # some BN scales < 0
@@ -59,14 +59,26 @@ def random_model(name, seed, density, shape, num_classes=K, **kwargs):
   masks = jax.tree.unflatten(tree, [
       jax.random.bernoulli(jax.random.fold_in(key, 1000 + i), density, m.shape).astype(m.dtype)
       for i, m in enumerate(leaves)])
-  return model, variables, masks
+  return variables, masks
 
 
+def random_model(name, seed, density, shape, num_classes=K, **kwargs):
+  """(model, variables, masks) of a random masked net."""
+  kwargs = tuple(sorted(kwargs.items()))
+  return (models.create(name, num_classes=num_classes, **dict(kwargs)),
+          *random_variables(jax.random.PRNGKey(seed), density, name, shape, num_classes, kwargs))
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def random_problem(name, seed, eps, density):
-  net = bounds.from_model(*random_model(name, seed, density, INPUT_SHAPES[name]), bn="eval")
+  """A random masked net (eval-mode BN), BATCH boxes of radius eps and margin specs."""
+  model = models.create(name)
+  variables, masks = random_variables(jax.random.PRNGKey(seed), density, name, INPUT_SHAPES[name],
+                                      K, ())
   kx, ky = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2000))
   x = jax.random.normal(kx, (BATCH,) + INPUT_SHAPES[name])
   labels = jax.random.randint(ky, (BATCH,), 0, K)
+  net = bounds.from_model(model, variables, masks, bn="eval")
   return net, x - eps, x + eps, bounds.margin_matrix(labels, K)
 
 
@@ -269,12 +281,15 @@ def exact_margin_minima(net, xl, xu, C, labels):
   return out
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def small_mlp_problem(seed, eps, classes=3):
-  net = bounds.from_model(*random_model("mlp_tiny", seed, 0.8, (3,), classes, hidden=5))
+  """3 inputs, 2 hidden layers of 5, `classes` outputs; BATCH boxes and margin specs."""
+  model, variables, masks = random_model("mlp_tiny", seed, 0.8, (3,), classes, hidden=5)
   kx, ky = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2000))
   x = jax.random.normal(kx, (BATCH, 3))
   labels = jax.random.randint(ky, (BATCH,), 0, classes)
-  return net, x - eps, x + eps, bounds.margin_matrix(labels, classes), np.asarray(labels)
+  return (bounds.from_model(model, variables, masks), x - eps, x + eps,
+          bounds.margin_matrix(labels, classes), labels)
 
 
 SMALL_METHODS = {"ibp": (), "crown_ibp": (), "crown": (), "alpha_crown": (("iterations", 10),)}
@@ -289,6 +304,7 @@ def test_bounds_below_exact_milp_minimum(seed, eps):
   the 10^4 sampled values, and above every method's bound.
   """
   net, xl, xu, C, labels = small_mlp_problem(seed, eps)
+  labels = np.asarray(labels)
   results = {m: bound_fn(m, o)(net, xl, xu, C) for m, o in SMALL_METHODS.items()}
   ys, _ = sample_values(net, xl, xu, C, jax.random.PRNGKey(seed))
   for (b, j), (exact, x_star) in exact_margin_minima(net, xl, xu, C, labels).items():
@@ -301,7 +317,8 @@ def test_bounds_below_exact_milp_minimum(seed, eps):
 
 def test_crown_is_exact_when_every_relu_is_stable():
   """In a box where no ReLU changes phase the net is affine and CROWN is exact (MILP = CROWN)."""
-  net, xl, xu, C, labels = small_mlp_problem(seed=7, eps=1e-3)
+  net, xl, xu, C, labels = small_mlp_problem(7, 1e-3)
+  labels = np.asarray(labels)
   lo, _, rb = bound_fn("crown")(net, xl, xu, C)
   assert all(not np.any((l < 0) & (u > 0)) for l, u in rb.values())
   alpha_lo = bound_fn("alpha_crown", SMALL_METHODS["alpha_crown"])(net, xl, xu, C)[0]
@@ -380,10 +397,10 @@ def test_gradient_matches_finite_differences(model, method):
   """d/dparams (through BN folding and masks) of the summed margin lower bounds, along a random
   direction, against central differences in float64 (a step too small for any ReLU or slope
   to switch phase)."""
+  shape, classes, kw = ((3,), 3, {"hidden": 5}) if model == "mlp_tiny" else (INPUT_SHAPES[model], K, {})
+  net_model, variables, masks = random_model(model, 41, 0.8, shape, classes, **kw)
   with jax.enable_x64(True):
-    shape, classes, kw = ((3,), 3, {"hidden": 5}) if model == "mlp_tiny" else (INPUT_SHAPES[model], K, {})
     to64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)
-    net_model, variables, masks = random_model(model, 41, 0.8, shape, classes, **kw)
     params, variables, masks = to64(variables["params"]), to64(variables), to64(masks)
     x = jax.random.normal(jax.random.PRNGKey(1), (BATCH,) + shape, jnp.float64)
     C = bounds.margin_matrix(jnp.array([0, 1]), classes).astype(jnp.float64)

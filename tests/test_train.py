@@ -86,16 +86,20 @@ def test_lr_schedule_decays_at_milestones():
 
 # --- end to end --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["standard", "ibp", "fgsm_gradalign"])
+@pytest.mark.parametrize("mode", ["standard", "ibp", "crown_ibp", "fgsm_gradalign"])
 def test_one_epoch_end_to_end_writes_metrics_and_checkpoints(tmp_path, mode):
-  config = tiny_config(**{"train.mode": mode, "train.epochs": 1, "train.steps_per_epoch": 2})
+  config = tiny_config(**{"train.mode": mode, "train.epochs": 1, "train.steps_per_epoch": 2,
+                          "train.nrs_weight": 0.01, "eval.crown_num_test": 16})
   state, summary = train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["epoch"] for r in rows] == [0]
-  for key in ("train_loss", "test_clean_acc", "test_ibp_verified_acc", "unstable_ratio",
-              "instability"):
+  for key in ("train_loss", "train_nrs_loss", "test_clean_acc", "test_ibp_verified_acc",
+              "test_crown_verified_acc", "unstable", "unstable_ratio", "instability",
+              "crown_unstable_ratio"):
     assert np.isfinite(rows[0][key]), key
   assert 0 <= rows[0]["test_ibp_verified_acc"] <= rows[0]["test_clean_acc"] <= 1
+  assert 0 <= rows[0]["test_crown_verified_acc"] <= 1
+  assert 0 <= rows[0]["unstable_ratio"] <= 1
   assert (tmp_path / "checkpoints" / "last" / "0").is_dir()
   assert (tmp_path / "checkpoints" / "best" / "0").is_dir()
   assert int(state.step) == 2

@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   e = c.eval = ml_collections.ConfigDict()
   e.num_test = 1000
   e.batch_size = 200
-  e.methods = ("ibp",)
+  e.methods = ("ibp",)  # bound methods on the first num_test images (the first selects "best")
+  e.crown_num_test = 0  # > 0: also CROWN-verified accuracy on the first crown_num_test images
 
   p = c.prune = ml_collections.ConfigDict()  # the pruning driver (jaxprune.prune.driver)
   p.pruner = "dense"  # a name in jaxprune.prune.PRUNERS; "dense" alone: a plain training run
@@ -107,6 +108,8 @@ def validate_config(c, pruning: bool = False) -> None:
     problems.append("train.eps_start and train.eps_length must be >= 1 (1-based epochs)")
   if not 0 <= t.eps_mid <= 1 or not 0 <= t.kappa_end <= 1:
     problems.append("train.eps_mid and train.kappa_end must lie in [0, 1]")
+  if not c.eval.crown_num_test >= 0:
+    problems.append(f"eval.crown_num_test must be >= 0, got {c.eval.crown_num_test}")
   if not c.eval.num_test >= 1 or not c.eval.batch_size >= 1:
     problems.append("eval.num_test and eval.batch_size must be >= 1")
   for m in c.eval.methods:

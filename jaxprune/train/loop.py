@@ -76,16 +76,9 @@ def make_eval_fn(ctx: losses.Context, methods: Sequence[str]) -> Callable:
       lower, relu_bounds = losses.certified_bounds(ctx, net, x, y, eps, method)
       out[f"{method}_verified"] = jnp.sum(weight * bounds.verified_from_margins(lower, y))
     if relu_bounds:
-      unstable, total = 0.0, 0
-      inst = 0.0
-      for l, u in relu_bounds.values():
-        mask = (l < 0) & (u > 0)
-        per = mask.reshape(mask.shape[0], -1)
-        unstable += jnp.sum(weight * per.sum(-1))
-        inst += jnp.sum(weight * jnp.where(mask, -l * u, 0.0).reshape(mask.shape[0], -1).sum(-1))
-        total += per.shape[-1]
-      out["unstable"], out["instability"] = unstable, inst
-      out["neurons"] = jnp.asarray(total, jnp.float32) * jnp.sum(weight)
+      unstable, inst, count = losses.instability(relu_bounds)
+      out["unstable"], out["instability"] = jnp.sum(weight * unstable), jnp.sum(weight * inst)
+      out["neurons"] = count * jnp.sum(weight)
     return out
 
   return jax.jit(evaluate)
@@ -162,6 +155,8 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
   train_step = make_train_step(ctx, loss_fn, tx)
   methods = tuple(config.eval.methods)
   eval_fn = make_eval_fn(ctx, methods)
+  n_crown = config.eval.crown_num_test
+  crown_fn = make_eval_fn(ctx, ("crown",)) if n_crown else None
   select = f"test_{methods[0]}_verified_acc" if methods and t.mode != "standard" \
       else "test_clean_acc"
 
@@ -210,6 +205,12 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
       raise NaNLossError(f"loss is not finite in epoch {epoch + 1}; stopping. The last good "
                          f"checkpoint in {os.path.join(workdir, 'checkpoints')} is intact.")
     test = evaluate(eval_fn, state, x_test, y_test, t.eps, config.eval.batch_size)
+    if crown_fn is not None:
+      crown = evaluate(crown_fn, state, x_test[:n_crown], y_test[:n_crown], t.eps,
+                       min(config.eval.batch_size, n_crown))
+      test.update({"test_crown_verified_acc": crown["test_crown_verified_acc"],
+                   "crown_unstable_ratio": crown["unstable_ratio"],
+                   "crown_instability": crown["instability"]})
     last = {"epoch": epoch, "eps": eps, "lr": float(tx_lr(t, steps_per_epoch, gstep)),
             **train_metrics, **test, "epoch_time_s": time.time() - t0}
     # Log and hook before the "last" checkpoint: a run killed in between redoes this

@@ -103,15 +103,18 @@ def nrs_loss(net, relu_bounds) -> jax.Array:
 
 
 def instability(relu_bounds):
-  """(sum of -l*u over unstable neurons per sample, unstable count, neuron count)."""
-  total, unstable, count = 0.0, 0.0, 0
+  """Per example: (unstable neurons l < 0 < u, instability sum of -l*u over all ReLUs).
+
+  Also returns the number of ReLU neurons per example. The instability is the
+  paper's Eq. (3): every neuron contributes -l*u (stable ones negatively).
+  """
+  unstable, total, count = 0.0, 0.0, 0
+  per_example = lambda a: a.reshape(a.shape[0], -1).sum(-1)
   for l, u in relu_bounds.values():
-    mask = (l < 0) & (u > 0)
-    batch = l.shape[0]
-    total = total + jnp.sum(jnp.where(mask, -l * u, 0.0)) / batch
-    unstable = unstable + jnp.sum(mask) / batch
-    count += l.size // batch
-  return total, unstable, count
+    unstable = unstable + per_example((l < 0) & (u > 0))
+    total = total + per_example(-l * u)
+    count += l[0].size
+  return unstable, total, count
 
 
 def regularizers(ctx: Context, params, net, relu_bounds):
