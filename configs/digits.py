@@ -1,7 +1,8 @@
 """scikit-learn's embedded 8x8 digits: the whole pipeline offline, on any machine.
 
     python -m jaxprune.experiments.digits --workdir=runs/digits
-    python -m jaxprune.experiments.digits --workdir=runs/digits_imp --config=configs/digits.py:prune_smoke
+    python -m jaxprune.experiments.digits --workdir=runs/digits_imp \
+        --config=configs/digits.py:prune_smoke [--pruner=NAME]
 
 Default: a small CNN (`cnn_tiny`), IBP training at eps 0.05 for 30 epochs,
 about 20 seconds on a 2-core CPU (measured: 91 % clean, 75 % IBP-verified on

@@ -24,6 +24,10 @@ ALPHA = {"mlp_tiny": (("iterations", 5), ("intermediate", "shared"), ("share_alp
          "cnn_tiny": (("iterations", 5),),
          "resnet_tiny": (("iterations", 5), ("intermediate", "fixed"))}
 BATCH, K = 2, 10
+# Most of this file's time is XLA:CPU compilation; the cheapest optimisation
+# level halves it and changes no semantics (the tiny nets run in milliseconds).
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
 
 
 def methods(model):
@@ -33,7 +37,7 @@ def methods(model):
 @functools.cache
 def bound_fn(method, opts=()):
   """jit(compute_bounds) returning (lower, upper, relu_bounds); compiled once per shape."""
-  return jax.jit(functools.partial(bounds.compute_bounds, method=method,
+  return jit(functools.partial(bounds.compute_bounds, method=method,
                                    return_relu_bounds=True, **dict(opts)))
 
 
@@ -41,10 +45,8 @@ def all_bounds(model, net, xl, xu, C):
   return {m: bound_fn(m, o)(net, xl, xu, C) for m, o in methods(model).items()}
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def random_variables(key, density, name, shape, num_classes, kwargs):
-  """Random masks, biases, BN scales/shifts and running statistics (one compile per model)."""
-  model = models.create(name, num_classes=num_classes, **dict(kwargs))
+def random_variables(key, density, model, shape):
+  """Random masks, biases, BN scales/shifts and running statistics."""
   variables = model.init(jax.random.fold_in(key, 0), jnp.zeros((1,) + shape))
   draw = {"bias": lambda k, s: 0.3 * jax.random.normal(k, s),
           "scale": lambda k, s: 0.8 + 0.6 * jax.random.normal(k, s),  # some BN scales < 0
@@ -63,18 +65,17 @@ def random_variables(key, density, name, shape, num_classes, kwargs):
 
 
 def random_model(name, seed, density, shape, num_classes=K, **kwargs):
-  """(model, variables, masks) of a random masked net."""
-  kwargs = tuple(sorted(kwargs.items()))
-  return (models.create(name, num_classes=num_classes, **dict(kwargs)),
-          *random_variables(jax.random.PRNGKey(seed), density, name, shape, num_classes, kwargs))
+  """(model, variables, masks) of a random masked net, drawn in one compiled call."""
+  model = models.create(name, num_classes=num_classes, **kwargs)
+  draw = jit(lambda key: random_variables(key, density, model, shape))
+  return (model, *draw(jax.random.PRNGKey(seed)))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit, static_argnums=0)
 def random_problem(name, seed, eps, density):
   """A random masked net (eval-mode BN), BATCH boxes of radius eps and margin specs."""
   model = models.create(name)
-  variables, masks = random_variables(jax.random.PRNGKey(seed), density, name, INPUT_SHAPES[name],
-                                      K, ())
+  variables, masks = random_variables(jax.random.PRNGKey(seed), density, model, INPUT_SHAPES[name])
   kx, ky = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2000))
   x = jax.random.normal(kx, (BATCH,) + INPUT_SHAPES[name])
   labels = jax.random.randint(ky, (BATCH,), 0, K)
@@ -281,10 +282,11 @@ def exact_margin_minima(net, xl, xu, C, labels):
   return out
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@functools.partial(jit, static_argnums=2)
 def small_mlp_problem(seed, eps, classes=3):
   """3 inputs, 2 hidden layers of 5, `classes` outputs; BATCH boxes and margin specs."""
-  model, variables, masks = random_model("mlp_tiny", seed, 0.8, (3,), classes, hidden=5)
+  model = models.create("mlp_tiny", num_classes=classes, hidden=5)
+  variables, masks = random_variables(jax.random.PRNGKey(seed), 0.8, model, (3,))
   kx, ky = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 2000))
   x = jax.random.normal(kx, (BATCH, 3))
   labels = jax.random.randint(ky, (BATCH,), 0, classes)
@@ -337,7 +339,7 @@ def test_crown_is_exact_on_a_linear_region(model, seed):
   assert all(not np.any((l < 0) & (u > 0)) for l, u in rb.values())
   c, r = (xl + xu) / 2, (xu - xl) / 2
 
-  @jax.jit
+  @jit
   @jax.vmap
   def exact(c, r, C):
     f = lambda x: C @ bounds.forward(net, x[None])[0]
@@ -354,17 +356,17 @@ def test_relu_bounds_option_and_branch_split():
   as branch and bound does) gives bounds sound on each half of the box."""
   net, xl, xu, C = random_problem("mlp_tiny", 21, 0.2, 0.8)
   lo, hi, rb = bound_fn("crown")(net, xl, xu, C)
-  lo2, hi2, _ = bounds.compute_bounds(net, xl, xu, C, method="crown", relu_bounds=rb,
-                                      return_relu_bounds=True)
+  lo2, hi2 = jit(lambda rb: bounds.compute_bounds(net, xl, xu, C, method="crown", relu_bounds=rb))(rb)
   np.testing.assert_allclose(lo2, lo, atol=1e-6)
   np.testing.assert_allclose(hi2, hi, atol=1e-6)
   l1, u1 = rb["relu1"]
   b, j = np.argwhere(np.asarray((l1 < 0) & (u1 > 0)))[0]
   ys, vals = sample_values(net, xl, xu, C, jax.random.PRNGKey(0))
   h = vals["fc1"][:, b, j]
-  split = jax.jit(lambda rb1: (bounds.compute_bounds(net, xl, xu, C, method="crown", relu_bounds=rb1),
-                               bounds.compute_bounds(net, xl, xu, C, method="alpha_crown", iterations=5,
-                                                     intermediate="fixed", relu_bounds=rb1)))
+  # Only relu1 is given: relu2's bounds are recomputed from the split ones.
+  split = jit(lambda rb1: (bounds.compute_bounds(net, xl, xu, C, method="crown", relu_bounds=rb1),
+                           bounds.compute_bounds(net, xl, xu, C, method="alpha_crown", iterations=5,
+                                                 intermediate="fixed", relu_bounds=rb1)))
   for active in (True, False):
     l, u = (l1.at[b, j].set(0.), u1) if active else (l1, u1.at[b, j].set(0.))
     side = (h >= 0) if active else (h <= 0)
@@ -389,7 +391,7 @@ def test_conv_transpose_gradient():
     a = jax.random.normal(k1, (3, 4, 4, 5), jnp.float64)
     w = jax.random.normal(k2, (4, 4, 2, 5), jnp.float64)
     f = lambda a, w: conv_transpose(a, w, 2, 1, (8, 8, 2))
-    check_grads(f, (a, w), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    check_grads(jax.jit(f), (a, w), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("model,method", [("mlp_tiny", "crown"), ("cnn_tiny", "crown_ibp")])
@@ -399,23 +401,28 @@ def test_gradient_matches_finite_differences(model, method):
   to switch phase)."""
   shape, classes, kw = ((3,), 3, {"hidden": 5}) if model == "mlp_tiny" else (INPUT_SHAPES[model], K, {})
   net_model, variables, masks = random_model(model, 41, 0.8, shape, classes, **kw)
-  with jax.enable_x64(True):
-    to64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)
+
+  def loss(params, variables, masks, x, C):
+    net = bounds.from_model(net_model, {**variables, "params": params}, masks)
+    return jnp.sum(bounds.compute_bounds(net, x - 0.1, x + 0.1, C, method=method)[0])
+
+  @jit
+  def check(variables, masks):
+    """(gradient, its directional derivative, the central difference) in one compiled call."""
+    to64 = lambda t: jax.tree.map(lambda v: v.astype(jnp.float64), t)
     params, variables, masks = to64(variables["params"]), to64(variables), to64(masks)
     x = jax.random.normal(jax.random.PRNGKey(1), (BATCH,) + shape, jnp.float64)
     C = bounds.margin_matrix(jnp.array([0, 1]), classes).astype(jnp.float64)
-
-    def loss(params):
-      net = bounds.from_model(net_model, {**variables, "params": params}, masks)
-      return jnp.sum(bounds.compute_bounds(net, x - 0.1, x + 0.1, C, method=method)[0])
-
-    loss, grad = jax.jit(loss), jax.jit(jax.grad(loss))(params)
-    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
     leaves, tree = jax.tree.flatten(params)
     direction = jax.tree.unflatten(tree, [jax.random.normal(jax.random.PRNGKey(i), v.shape, v.dtype)
                                           for i, v in enumerate(leaves)])
-    step = 1e-6
-    shifted = lambda s: jax.tree.map(lambda p, d: p + s * d, params, direction)
-    fd = (loss(shifted(step)) - loss(shifted(-step))) / (2 * step)
+    at = lambda s: loss(jax.tree.map(lambda p, d: p + s * d, params, direction), variables, masks, x, C)
+    grad = jax.grad(loss)(params, variables, masks, x, C)
     analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
-    np.testing.assert_allclose(analytic, fd, rtol=1e-5, atol=1e-7)
+    step = 1e-6
+    return grad, analytic, (at(step) - at(-step)) / (2 * step)
+
+  with jax.enable_x64(True):
+    grad, analytic, fd = check(variables, masks)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
+  np.testing.assert_allclose(analytic, fd, rtol=1e-5, atol=1e-7)

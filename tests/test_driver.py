@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from jaxprune import data, prune
 from jaxprune.prune import driver
@@ -21,27 +19,10 @@ from jaxprune.train import ConfigError, make_context
 REPO = Path(__file__).resolve().parents[1]
 # cnn_tiny on digits: 36 + 512 conv kernel weights, 4 + 8 conv channels.
 CONV_WEIGHTS, CONV_CHANNELS = 548, 12
-TINY = {"train.epochs": 1, "train.steps_per_epoch": 2, "eval.num_test": 64,
-        "eval.batch_size": 64, "prune.rounds": 1, "prune.rewind_epoch": 0,
+# One step shape and lr schedule for all tests: their compilations are shared.
+TINY = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.lr_milestones": (1,),
+        "eval.num_test": 64, "eval.batch_size": 64, "prune.rounds": 1, "prune.rewind_epoch": 0,
         "prune.score_batches": 2, "prune.hydra_steps": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """Each round's `fit` re-jits the same step; a persistent cache compiles it once.
-
-  Returns the environment that lets a CLI subprocess share the cache.
-  """
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield {**os.environ, "JAX_COMPILATION_CACHE_DIR": path,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-  compilation_cache.reset_cache()
 
 
 def load_config(preset="prune_smoke", **overrides):
@@ -67,6 +48,14 @@ def final_state(config, workdir, r):
 def flat(tree):
   return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
           for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_same(a, b):
+  """Two pytrees (or flat dicts) with the same paths and bit-identical arrays."""
+  a, b = flat(a), flat(b)
+  assert a.keys() == b.keys()
+  for path in a:
+    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
 
 
 def read_jsonl(path):
@@ -149,18 +138,16 @@ def test_rewind_restores_saved_weights_bit_for_bit(tmp_path, monkeypatch):
 
   rewind = driver.load_tree(str(tmp_path / "rewind" / "state.npz"))
   [after_epoch_1] = [p for w, e, p in epochs if w.endswith("round_00") and e == 0]
-  for path, w in flat(rewind["params"]).items():
-    np.testing.assert_array_equal(w, after_epoch_1[path])
+  assert_same(rewind["params"], after_epoch_1)
   assert not np.array_equal(flat(rewind["params"])["conv1/kernel"],
                             flat(starts[0].params)["conv1/kernel"])  # it trained first
 
   start, masks = starts[1], flat(starts[1].masks)
-  assert masks == flat(driver.load_tree(str(tmp_path / "round_01" / "masks.npz")))
+  assert_same(masks, driver.load_tree(str(tmp_path / "round_01" / "masks.npz")))
   for path, w in flat(rewind["params"]).items():
     expected = w * masks[path] if path in masks else w
     np.testing.assert_array_equal(flat(start.params)[path], expected)
-  for path, s in flat(rewind["batch_stats"]).items():
-    np.testing.assert_array_equal(flat(start.batch_stats)[path], s)
+  assert_same(start.batch_stats, rewind["batch_stats"])
   assert int(start.step) == 0
   assert all(np.all(x == 0) for x in jax.tree_util.tree_leaves(start.opt_state))  # fresh Adam
 
@@ -171,8 +158,7 @@ def test_rewind_restores_saved_weights_bit_for_bit(tmp_path, monkeypatch):
 
 
 def test_finetune_continues_from_the_pruned_final_weights(tmp_path, monkeypatch):
-  config = load_config(**{"prune.pruner": "imp", "prune.mode": "finetune", "train.epochs": 2,
-                          "train.lr_milestones": (1,)})
+  config = load_config(**{"prune.pruner": "imp", "prune.mode": "finetune", "train.epochs": 2})
   starts, _ = spy_on_fit(monkeypatch)
   driver.run(config, str(tmp_path))
 
@@ -181,12 +167,10 @@ def test_finetune_continues_from_the_pruned_final_weights(tmp_path, monkeypatch)
   for path, w in flat(before.params).items():
     np.testing.assert_array_equal(flat(start.params)[path], w * masks.get(path, 1))
   assert int(start.step) == int(before.step) == 4
-  for a, b in zip(jax.tree_util.tree_leaves(start.opt_state),
-                  jax.tree_util.tree_leaves(before.opt_state)):
-    np.testing.assert_array_equal(a, b)  # Adam moments kept
+  assert_same(start.opt_state, before.opt_state)  # Adam moments kept
   assert not (tmp_path / "rewind").exists()
   first, second = (read_jsonl(tmp_path / f"round_0{r}" / "metrics.jsonl") for r in (0, 1))
-  assert first[0]["eps"] == 0 and first[0]["lr"] == config.train.lr
+  assert first[0]["eps"] == 0 and first[0]["lr"] == pytest.approx(config.train.lr)
   # Round 1 goes on at round 0's final lr and the full eps: no lr or eps reset.
   assert [r["lr"] for r in second] == [pytest.approx(config.train.lr * config.train.lr_decay)] * 2
   assert [r["eps"] for r in second] == [config.train.eps] * 2
@@ -202,11 +186,11 @@ def test_one_shot_prunes_the_final_sparsity_at_once(tmp_path):
 
 # --- kill -9 and resume --------------------------------------------------------------------
 
-KILL_ARGS = {"train.epochs": 2, "train.steps_per_epoch": 4, "prune.rounds": 2,
+KILL_ARGS = {"train.epochs": 2, "prune.rounds": 2,
              "prune.rewind_epoch": 1}
 
 
-def test_killed_run_resumes_to_identical_masks_and_metrics(tmp_path, compile_cache):
+def test_killed_run_resumes_to_identical_masks_and_metrics(tmp_path):
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   config = load_config(**{"prune.pruner": "tp", **KILL_ARGS})
   driver.run(config, str(ref))
@@ -215,7 +199,7 @@ def test_killed_run_resumes_to_identical_masks_and_metrics(tmp_path, compile_cac
   proc = subprocess.Popen(
       [sys.executable, "-m", "jaxprune.experiments.digits", f"--workdir={killed}",
        "--config=configs/digits.py:prune_smoke", "--pruner=tp", *args],
-      cwd=REPO, env=compile_cache, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   while not (killed / "round_01" / "checkpoints" / "last" / "0").is_dir():
     assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
@@ -228,14 +212,9 @@ def test_killed_run_resumes_to_identical_masks_and_metrics(tmp_path, compile_cac
   strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_time_s")} for r in rows]
   assert strip(read_jsonl(killed / "summary.jsonl")) == strip(read_jsonl(ref / "summary.jsonl"))
   for r in range(3):
-    a = flat(driver.load_tree(str(ref / f"round_{r:02d}" / "masks.npz")))
-    b = flat(driver.load_tree(str(killed / f"round_{r:02d}" / "masks.npz")))
-    assert a.keys() == b.keys()
-    for path in a:
-      np.testing.assert_array_equal(a[path], b[path])
-  a, b = flat(final_state(config, str(ref), 2)), flat(final_state(config, str(killed), 2))
-  for path in a:
-    np.testing.assert_array_equal(a[path], b[path])
+    assert_same(driver.load_tree(str(ref / f"round_{r:02d}" / "masks.npz")),
+                driver.load_tree(str(killed / f"round_{r:02d}" / "masks.npz")))
+  assert_same(final_state(config, str(ref), 2), final_state(config, str(killed), 2))
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune import data, models
+from jaxprune import data
 from jaxprune.train import NaNLossError, fit, make_context, schedules, train_and_evaluate
 from jaxprune.train.checkpoint import Checkpoints
 from jaxprune.train.state import init_state, make_optimizer

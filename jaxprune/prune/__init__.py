@@ -8,6 +8,9 @@
     prune.channel_counts(masks)                   # {conv: alive output channels}
     new_layers, new_vars = prune.compress(layers, variables, masks)
 
+The iterative train-prune-rewind pipeline over rounds is
+`jaxprune.prune.driver.run(config, workdir)` (CLI: `--pruner=NAME`).
+
 A `Pruner` has `name`, `kind` ("none" | "unstructured" | "structured"),
 `score`, a default per-round `rate` (0.2 of the remaining weights, 0.11 of the
 remaining channels) and the training-time flags `train_loss_extra` ("rs" |

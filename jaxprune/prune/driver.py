@@ -21,14 +21,21 @@ Modes (`prune.mode`):
   one_shot  one pruning step to the final sparsity 1 - (1 - rate)^rounds
             after round 0, then one rewound retraining (round 1 is the last).
 
+Data-driven scorers (snip, tp, hydra) use the training mode's loss at the
+full eps (BN in train mode, the previous round's running statistics) on the
+first unaugmented training batches of epoch 0's shuffle. Structured runs keep
+one mask tree shape (conv bias and BN entries included) from round 0 on.
+
 Layout of `workdir`: config.json (the resolved config), rewind/state.npz,
 summary.jsonl (one row per finished round) and round_NN/ with masks.npz,
-checkpoints/{last,best}, metrics.jsonl and summary.json. Every file is
-written atomically. A round is finished when its summary.json exists; a
-round's mask is a deterministic function of the previous round's last
-checkpoint and the seed, so a killed run started again with the same command
-ends with the masks and metrics of an uninterrupted one. Scoring data: the
-first training batches of epoch 0's shuffle (the batches training starts with).
+checkpoints/{last,best}, metrics.jsonl and summary.json: the remain ratio of
+the prunable kernels and the test metrics of the round's best epoch (as
+`fit` selects it) and of its last (`last_*`); structured rows add the channel
+remain ratio and the compressed network's conv widths and parameter count.
+Every file is written atomically. A round is finished when its summary.json
+exists; a round's mask is a deterministic function of the previous round's
+last checkpoint and the seed, so a killed run started again with the same
+command ends with the masks and metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -107,8 +114,11 @@ def run(config, workdir: str, pruner: str | None = None) -> list[dict]:
 
 
 def initial_state(config, ctx: losses.Context, ds, pruner: Pruner) -> TrainState:
-  """Round 0's state. Structured runs get their full mask tree (conv bias, BN) from the
-  start, so its shape, the compiled step and the checkpoints match across rounds."""
+  """Round 0's state.
+
+  Structured runs get their full mask tree (conv bias, BN) from the start, so
+  its shape, the compiled step and the checkpoints match across rounds.
+  """
   include = ("conv", "dense") if config.prune.include_dense else ("conv",)
   state = init_state(ctx.model, ds.input_shape, make_optimizer(config.train, 1), config.seed,
                      mask_include=include)
@@ -138,7 +148,7 @@ def run_round(config, workdir: str, ctx, ds, pruner: Pruner, state0: TrainState,
   if not os.path.exists(masks_path):
     save_tree(masks_path, start.masks)
   state, result = fit(round_config(config, r), rdir, ctx, ds, start, on_epoch_end=hook)
-  return summary_row(config, ctx, pruner, r, state, result, rdir)
+  return summary_row(ctx, pruner, r, state, result, rdir)
 
 
 def rewind_hook(path: str, rewind_epoch: int, state0: TrainState):
@@ -206,8 +216,10 @@ def score_loss(config, ctx, batch_stats, key):
 
 
 def training_batches(config, ds, n: int):
-  """The first `n` unaugmented training batches (epochs 0, 1, ... of the training shuffle),
-  as a generator: pruners that score no data never build them."""
+  """The first `n` unaugmented training batches (epochs 0, 1, ... of the training shuffle).
+
+  A generator: pruners that score no data never build them.
+  """
   t = config.train
   x, y = ds.x_train, ds.y_train
   if t.num_train:
@@ -217,11 +229,10 @@ def training_batches(config, ds, n: int):
   return ((jnp.asarray(a), jnp.asarray(b)) for a, b in itertools.islice(stream, n))
 
 
-def summary_row(config, ctx, pruner: Pruner, r: int, state: TrainState, result: dict,
-                rdir: str) -> dict:
+def summary_row(ctx, pruner: Pruner, r: int, state: TrainState, result: dict, rdir: str) -> dict:
   """Round r's remain ratio and its best-epoch test metrics (plus the last epoch's)."""
   best, last = result["best"], result["last"]
-  keys = [k for k in last if k.startswith("test_") or k in ("instability", "unstable_ratio")]
+  keys = [k for k in last if k.startswith("test_") or k.endswith(("instability", "unstable_ratio"))]
   with open(os.path.join(rdir, "metrics.jsonl")) as f:
     train_time = sum(json.loads(line)["epoch_time_s"] for line in f if line.strip())
   row = {"round": r, "pruner": pruner.name, "remain_ratio": prune.remaining_fraction(state.masks),
