@@ -7,7 +7,7 @@ Full run: 200 epochs (days on a 2-core CPU; hours on one GPU). `smoke`: one
 short epoch on 512 images, about a minute on a CPU. Needs the CIFAR10 files
 (`cifar-10-python.tar.gz`) in --config.data_dir or $JAXPRUNE_DATA.
 """
-from jaxprune.train.config import base_config
+from jaxprune.train.config import base_config, smoke
 
 
 def get_config(preset: str = ""):
@@ -20,9 +20,7 @@ def get_config(preset: str = ""):
     c.train.eps = 8 / 255
     c.train.epochs = 300
   elif preset == "smoke":
-    c.train.epochs, c.train.num_train, c.train.batch_size = 1, 512, 64
-    c.train.eps_schedule, c.eval.num_test = "linear", 100
-    c.train.eps_start, c.train.eps_length = 1, 1
+    smoke(c)
   elif preset:
     raise ValueError(f"unknown preset {preset!r} for configs/cifar.py; valid: eps8, smoke")
   return c

@@ -14,7 +14,7 @@ training on 16k training images, round 0 and 3 pruned rounds of 4 epochs
     python -m jaxprune.experiments.fashion_mnist --workdir=runs/fmnist_imp_nrs \
         --config=configs/fashion_mnist.py:imp_nrs_cpu --config.data_dir=../shared/data/fashion-mnist
 """
-from jaxprune.train.config import base_config
+from jaxprune.train.config import base_config, smoke
 
 
 def get_config(preset: str = ""):
@@ -25,11 +25,15 @@ def get_config(preset: str = ""):
   c.train.eps = 0.1
   c.eval.num_test = 200
   if preset == "ibp_cpu":
+    # 3 epochs (~1400 steps): eps ramps over the first two, the clean loss keeps
+    # weight 0.5 (IBP's kappa), lr x0.1 for the last epoch; no augmentation.
     c.train.mode = "ibp"
-    c.train.epochs = 4
+    c.train.epochs = 3
+    c.train.augment = "none"
+    c.train.kappa_end = 0.5
     c.train.eps_schedule = "smoothed"
-    c.train.eps_start, c.train.eps_length, c.train.eps_mid = 1, 3, 0.25
-    c.train.lr_milestones = (3,)
+    c.train.eps_start, c.train.eps_length, c.train.eps_mid = 1, 2, 0.25
+    c.train.lr_milestones = (2,)
     c.eval.num_test = 1000
   elif preset == "imp_nrs_cpu":
     c.train.mode = "ibp"
@@ -39,12 +43,11 @@ def get_config(preset: str = ""):
     c.train.eps_schedule = "smoothed"
     c.train.eps_start, c.train.eps_length, c.train.eps_mid = 1, 3, 0.25
     c.train.lr_milestones = (3,)
+    c.train.augment = "none"
     c.eval.num_test = 1000
     c.prune.pruner, c.prune.rounds, c.prune.rewind_epoch = "imp_nrs", 3, 1
   elif preset == "smoke":
-    c.train.epochs, c.train.num_train, c.train.batch_size = 1, 512, 64
-    c.train.eps_schedule, c.eval.num_test = "linear", 100
-    c.train.eps_start, c.train.eps_length = 1, 1
+    smoke(c)
   elif preset:
     raise ValueError(f"unknown preset {preset!r} for configs/fashion_mnist.py; "
                      "valid: ibp_cpu, imp_nrs_cpu, smoke")

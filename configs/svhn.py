@@ -7,7 +7,7 @@ Full run: 200 epochs (hours on one GPU). `smoke`: one short epoch on 512
 images, about a minute on a CPU. Needs `train_32x32.mat` and `test_32x32.mat`
 in --config.data_dir or $JAXPRUNE_DATA.
 """
-from jaxprune.train.config import base_config
+from jaxprune.train.config import base_config, smoke
 
 
 def get_config(preset: str = ""):
@@ -18,9 +18,7 @@ def get_config(preset: str = ""):
   c.train.eps = 2 / 255
   c.eval.num_test = 200
   if preset == "smoke":
-    c.train.epochs, c.train.num_train, c.train.batch_size = 1, 512, 64
-    c.train.eps_schedule, c.eval.num_test = "linear", 100
-    c.train.eps_start, c.train.eps_length = 1, 1
+    smoke(c)
   elif preset:
     raise ValueError(f"unknown preset {preset!r} for configs/svhn.py; valid: smoke")
   return c

@@ -42,7 +42,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +56,7 @@ from jaxprune.train.checkpoint import Checkpoints
 from jaxprune.train.config import validate_config
 from jaxprune.train.loop import fit, make_context
 from jaxprune.train.state import TrainState, init_state, make_optimizer
-from jaxprune.utils import atomic_write_text
+from jaxprune.utils import atomic_open, atomic_write_text
 
 HYDRA_SCORE = prune.PRUNERS["hydra"].score
 
@@ -253,19 +252,8 @@ def summary_row(ctx, pruner: Pruner, r: int, state: TrainState, result: dict, rd
 def save_tree(path: str, tree) -> None:
   """A nested dict of arrays as .npz ("a/b" keys), via a temp file and rename."""
   flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/")
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_open(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def load_tree(path: str) -> dict:

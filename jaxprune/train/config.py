@@ -74,6 +74,14 @@ def base_config() -> ml_collections.ConfigDict:
 PRUNE_MODES = ("rewind", "finetune", "one_shot")
 
 
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `smoke` preset of every dataset: one short epoch on 512 images (about a minute)."""
+  c.train.epochs, c.train.num_train, c.train.batch_size = 1, 512, 64
+  c.train.eps_schedule, c.eval.num_test = "linear", 100
+  c.train.eps_start, c.train.eps_length = 1, 1
+  return c
+
+
 def validate_config(c, pruning: bool = False) -> None:
   """Raise ConfigError naming every bad value; `pruning`: the pruning driver will run."""
   from jaxprune import bounds

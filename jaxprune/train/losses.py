@@ -152,6 +152,16 @@ def standard_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, k
   return loss, (new_stats, {"loss": loss, **metrics})
 
 
+def mix(ctx: Context, params, net, relu_bounds, logits, y, kappa, robust, lower, new_stats):
+  """kappa * clean CE + (1 - kappa) * robust CE + regularisers, with the step's metrics."""
+  clean = cross_entropy(logits, y)
+  reg, more = regularizers(ctx, params, net, relu_bounds)
+  loss = kappa * clean + (1 - kappa) * robust + reg
+  verified = bounds.verified_from_margins(lower, y)
+  return loss, (new_stats, {"loss": loss, "clean_ce": clean, "robust_ce": robust,
+                            "acc": accuracy(logits, y), "verified": jnp.mean(verified), **more})
+
+
 def certified_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
   """kappa * clean CE + (1 - kappa) * CE of the worst-case logits from `ctx.bound_method`."""
   del key
@@ -159,12 +169,8 @@ def certified_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, 
   logits, new_stats, stats = clean_forward(ctx, params, batch_stats, masks, x)
   net = batch_net(ctx, params, batch_stats, masks, stats)
   lower, relu_bounds = certified_bounds(ctx, net, x, y, eps, ctx.bound_method)
-  clean, robust = cross_entropy(logits, y), robust_cross_entropy(lower, y)
-  reg, more = regularizers(ctx, params, net, relu_bounds)
-  loss = kappa * clean + (1 - kappa) * robust + reg
-  verified = bounds.verified_from_margins(lower, y)
-  return loss, (new_stats, {"loss": loss, "clean_ce": clean, "robust_ce": robust,
-                            "acc": accuracy(logits, y), "verified": jnp.mean(verified), **more})
+  return mix(ctx, params, net, relu_bounds, logits, y, kappa, robust_cross_entropy(lower, y),
+             lower, new_stats)
 
 
 def crown_ibp_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
@@ -191,12 +197,7 @@ def crown_ibp_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, 
         lambda _: beta * bounds.compute_bounds(net, xl, xu, C=C, method="crown_ibp")[0]
         + (1 - beta) * ilb, lambda _: ilb, None)
     robust = robust_cross_entropy(lower, y)
-  clean = cross_entropy(logits, y)
-  reg, more = regularizers(ctx, params, net, relu_bounds)
-  loss = kappa * clean + (1 - kappa) * robust + reg
-  verified = bounds.verified_from_margins(lower, y)
-  return loss, (new_stats, {"loss": loss, "clean_ce": clean, "robust_ce": robust,
-                            "acc": accuracy(logits, y), "verified": jnp.mean(verified), **more})
+  return mix(ctx, params, net, relu_bounds, logits, y, kappa, robust, lower, new_stats)
 
 
 def fgsm_gradalign_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
