@@ -1,6 +1,7 @@
 """Train-step throughput: jaxprune vs an equivalent PyTorch step (when torch is installed).
 
     python benchmarks/train_step.py [--batch 128] [--steps 10] [--modes standard,ibp]
+                                    [--repeats 3] [--cpu-time]
 
 CNN-7L on CIFAR shapes (32x32x3), Adam, eps 2/255. Compile time is excluded
 (one warm-up step). The PyTorch step does the same work: clean forward with
@@ -11,6 +12,7 @@ last layer, then backward and Adam.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -116,11 +118,11 @@ def torch_step(mode: str, batch: int, eps: float):
   return step, torch.__version__, torch.get_num_threads()
 
 
-def timed(fn, steps: int) -> float:
-  t0 = time.perf_counter()
+def timed(fn, steps: int, clock=time.perf_counter) -> float:
+  t0 = clock()
   for _ in range(steps):
     fn()
-  return time.perf_counter() - t0
+  return clock() - t0
 
 
 def main():
@@ -131,18 +133,24 @@ def main():
   p.add_argument("--modes", default="standard,ibp")
   p.add_argument("--repeats", type=int, default=3,
                  help="rounds of `steps` JAX steps then `steps` PyTorch steps; medians reported")
+  p.add_argument("--cpu-time", action="store_true",
+                 help="time by this process's CPU time instead of wall time (for a shared machine "
+                      "with `taskset -c 0`, one thread each; spinning threads inflate it otherwise)")
   a = p.parse_args()
+  clock = time.process_time if a.cpu_time else time.perf_counter
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s), jax {jax.__version__}")
+        f"{jax.devices()[0].platform} device(s), {len(os.sched_getaffinity(0))} usable cores, "
+        f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"clock={'cpu' if a.cpu_time else 'wall'}")
   print("| mode | jaxprune img/s | PyTorch img/s | ratio |\n|---|---|---|---|")
   for mode in a.modes.split(","):
     # Interleaved rounds, so that both frameworks see the same load on a shared machine.
     jstep, t = jax_step(mode, a.batch, a.eps), torch_step(mode, a.batch, a.eps)
     js, ts, ratios = [], [], []
     for _ in range(a.repeats):
-      js.append(a.batch * a.steps / timed(jstep, a.steps))
+      js.append(a.batch * a.steps / timed(jstep, a.steps, clock))
       if t is not None:
-        ts.append(a.batch * a.steps / timed(t[0], a.steps))
+        ts.append(a.batch * a.steps / timed(t[0], a.steps, clock))
         ratios.append(js[-1] / ts[-1])
     j = float(np.median(js))
     if t is None:

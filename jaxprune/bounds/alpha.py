@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxprune.bounds.crown import ancestors, chunking, crown_core, node_shapes
+from jaxprune.bounds.crown import ancestors, chunking, crown_core, node_shapes, target_plan
 from jaxprune.bounds.ir import Net
 from jaxprune.models.spec import INPUT
 
@@ -33,14 +33,15 @@ def _tighter(a, b):
 
 def init_alphas(net: Net, relu_bounds: dict, given: dict, shapes: dict, batch: int,
                 share_alphas: bool = False, intermediate: str = "full",
-                chunk_size: Optional[int] = None) -> dict:
+                chunk_size: Optional[int] = None, conv_mode: str = "patches",
+                bound_upper: bool = True) -> dict:
   """CROWN's adaptive slopes (1 where u > -l) laid out per bounded node.
 
   {target: {relu: slopes}} for the output and for the input node of every ReLU
   not in `given`; the layouts are those of `crown_core`/`node_bounds`: a spec
-  axis of 2 S at the output, (chunks, ., 2 * chunk) per neuron ("full") or 2
-  per node ("shared") at the intermediate nodes. `share_alphas` drops the
-  batch axis to 1 (initialised with the batch mean).
+  axis of 2 S (S without `bound_upper`) at the output, and at intermediate
+  nodes (chunks, ., 2 * chunk) per neuron ("full") or 2 per node ("shared").
+  `share_alphas` drops the batch axis to 1 (initialised with the batch mean).
   """
   adaptive = {r: (u > -l).astype(l.dtype) for r, (l, u) in relu_bounds.items()}
   if share_alphas:
@@ -51,11 +52,11 @@ def init_alphas(net: Net, relu_bounds: dict, given: dict, shapes: dict, batch: i
   for t in targets + [net.output]:
     up = ancestors(net, t)
     if t == net.output:
-      spec, lead = 2 * math.prod(shapes[t]), ()
+      spec, lead = (1 + bound_upper) * math.prod(shapes[t]), ()
     elif intermediate == "shared":
       spec, lead = 2, ()
     else:
-      c, k = chunking(shapes, t, batch, chunk_size)
+      c, k = chunking(shapes, t, batch, chunk_size, target_plan(net, t, shapes, conv_mode))
       spec, lead = 2 * c, (k,)
     alphas[t] = {r: jnp.broadcast_to(adaptive[r][:, None],
                                      lead + (adaptive[r].shape[0], spec) + adaptive[r].shape[1:])
@@ -66,34 +67,44 @@ def init_alphas(net: Net, relu_bounds: dict, given: dict, shapes: dict, batch: i
 def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
                 lr_decay: float = 0.98, share_alphas: bool = False, intermediate: str = "full",
                 chunk_size: Optional[int] = None, compare_ibp: bool = False,
+                conv_mode: str = "patches", bound_upper: bool = True,
                 relu_bounds: Optional[dict] = None):
   """Optimised CROWN bounds; never looser than CROWN's, elementwise.
 
   intermediate: "full" gives each neuron of each pre-ReLU node its own slopes
   (alpha-CROWN; memory grows as neurons x upstream neurons, fine for small
-  nets only), "shared" one set of slopes per node (per lower/upper side), and
-  "fixed" keeps CROWN's intermediate bounds and optimises the output's slopes
-  only (the cheap mode for large nets). The Adam step decays by `lr_decay`
-  per iteration (auto_LiRPA's defaults: lr 0.1, decay 0.98). `share_alphas` shares the slopes over
-  the batch. `chunk_size` and `compare_ibp` are CROWN's (see `crown`).
-  `relu_bounds` are used as given and never re-optimised (branch
-  and bound). The bounds are evaluated at the initial slopes and after each of
-  the `iterations` projected Adam steps; the result is the elementwise
-  tightest of CROWN's bounds and these `iterations + 1` evaluations,
-  intermediate bounds included (each is sound for any slopes in [0, 1], hence
-  so is their intersection). Differentiable through the unrolled optimisation.
+  nets only, gigabytes per input on CNN-7L), "shared" one set of slopes per
+  node (per lower/upper side), and "fixed" keeps CROWN's intermediate bounds
+  and optimises the output's slopes only (the cheap mode for large nets).
+  The Adam step size decays by `lr_decay` per iteration (alpha-beta-CROWN's
+  defaults: lr_alpha 0.1, alpha_lr_decay 0.98). `share_alphas` shares the
+  slopes over the batch. `chunk_size`, `compare_ibp`, `conv_mode` and
+  `bound_upper` are CROWN's (see `crown`); `relu_bounds` are used as given and
+  never re-optimised (branch and bound).
+
+  The bounds are evaluated at the initial slopes and after each of the
+  `iterations` projected Adam steps; the result is the elementwise tightest of
+  CROWN's bounds and these `iterations + 1` evaluations, intermediate bounds
+  included (each is sound for any slopes in [0, 1], hence so is their
+  intersection). Only the output lower bounds are optimised; the upper bounds
+  are CROWN's or tighter. Differentiable w.r.t. the network with the slopes
+  held at their optimised values (not through the optimiser).
   """
   if intermediate not in INTERMEDIATE:
     raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {intermediate!r}")
   given = dict(relu_bounds or {})
-  start = crown_core(net, lower, upper, given, chunk_size, compare_ibp)
+  start = crown_core(net, lower, upper, given, chunk_size, compare_ibp, conv_mode, bound_upper)
   if intermediate == "fixed":
     given = start[2]
   shapes = node_shapes(net, lower)
-  alphas = init_alphas(net, start[2], given, shapes, lower.shape[0], share_alphas, intermediate,
-                       chunk_size)
+  # The slopes are optimised as constants of the network: gradients w.r.t. the
+  # network flow through the bounds at the slopes used, not through Adam
+  # (whose sqrt(v) at v = 0 would turn them into NaN).
+  alphas = jax.lax.stop_gradient(init_alphas(net, start[2], given, shapes, lower.shape[0],
+                                             share_alphas, intermediate, chunk_size, conv_mode,
+                                             bound_upper))
   evaluate = functools.partial(crown_core, net, lower, upper, given, chunk_size, compare_ibp,
-                               shared=intermediate == "shared")
+                               conv_mode, bound_upper, shared=intermediate == "shared")
 
   def loss(alphas):
     result = evaluate(alphas=alphas)
@@ -104,7 +115,7 @@ def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
   def step(_, carry):
     alphas, state, best = carry
     grads, result = jax.grad(loss, has_aux=True)(alphas)
-    updates, state = opt.update(grads, state, alphas)
+    updates, state = opt.update(jax.lax.stop_gradient(grads), state, alphas)
     alphas = jax.tree.map(lambda a: jnp.clip(a, 0.0, 1.0), optax.apply_updates(alphas, updates))
     return alphas, state, _tighter(best, result)
 
