@@ -19,7 +19,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ml_collections
 
 from jaxprune import models
 from jaxprune.train import losses
