@@ -84,13 +84,9 @@ def from_layers(layers: tuple[Layer, ...], variables: dict, masks=None, bn: str 
                         kernel=layer.kernel, w=p["kernel"], b=p.get("bias")))
     elif layer.op == "bn":
       p = params[layer.name]
-      if bn == "eval":
-        s = variables["batch_stats"][layer.name]
-        mean, var = s["mean"], s["var"]
-      else:
-        s = stats[layer.name]  # sown by models.spec.BatchNorm
-        mean, var = s["mean"], s["var"]
-      w, b = fold_bn(p, mean, var)
+      # Running statistics, or the clean batch's (sown by models.spec.BatchNorm).
+      s = variables["batch_stats"][layer.name] if bn == "eval" else stats[layer.name]
+      w, b = fold_bn(p, s["mean"], s["var"])
       nodes.append(Node(op="affine", name=layer.name, inputs=ins, w=w, b=b, gamma=p["scale"]))
     else:
       nodes.append(Node(**common, kernel=layer.kernel))

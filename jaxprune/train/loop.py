@@ -151,6 +151,7 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
     raise ValueError(f"batch_size {t.batch_size} exceeds the {len(x_train)} training images")
   x_test, y_test = data.first_n_test(ds, config.eval.num_test)
   tx = make_optimizer(t, steps_per_epoch)
+  lr_fn = schedules.lr_schedule(t.lr, t.lr_milestones, t.lr_decay, steps_per_epoch)  # for logs
   loss_fn = losses.LOSSES[t.mode]
   train_step = make_train_step(ctx, loss_fn, tx)
   methods = tuple(config.eval.methods)
@@ -211,7 +212,7 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
       test.update({"test_crown_verified_acc": crown["test_crown_verified_acc"],
                    "crown_unstable_ratio": crown["unstable_ratio"],
                    "crown_instability": crown["instability"]})
-    last = {"epoch": epoch, "eps": eps, "lr": float(tx_lr(t, steps_per_epoch, gstep)),
+    last = {"epoch": epoch, "eps": eps, "lr": float(lr_fn(gstep)),
             **train_metrics, **test, "epoch_time_s": time.time() - t0}
     # Log and hook before the "last" checkpoint: a run killed in between redoes this
     # epoch, and the redo rewrites both (the log drops rows past the checkpoint).
@@ -228,10 +229,6 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
         if k in ("train_loss", "test_clean_acc", select, "eps", "epoch_time_s")))
   ckpts.close()
   return state, {"last": last, "best": best}
-
-
-def tx_lr(t, steps_per_epoch: int, step: int) -> float:
-  return schedules.lr_schedule(t.lr, t.lr_milestones, t.lr_decay, steps_per_epoch)(step)
 
 
 def maybe_initialize_distributed(config) -> None:
