@@ -471,6 +471,29 @@ def test_conv_transpose_gradient():
     check_grads(jax.jit(f), (a, w), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("hw,kernel,stride,padding", [(16, 4, 2, 1), (8, 4, 2, 1), (8, 3, 1, 1)])
+def test_conv_transpose_fast_paths_match_lax(hw, kernel, stride, padding):
+  """Space-to-depth transposes and kernel-operand weight gradients equal XLA's own."""
+  from jaxprune.models import spec
+  assert spec._fast_s2d((2, hw, hw, 3), jnp.zeros((kernel, kernel, 3, 5)), (stride,) * 2,
+                        ((padding,) * 2,) * 2) == (hw == 16)  # the fast path is exercised
+  with jax.enable_x64(True):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    out = (hw + 2 * padding - kernel) // stride + 1
+    a = jax.random.normal(k1, (2, out, out, 5), jnp.float64)
+    w = jax.random.normal(k2, (kernel, kernel, 3, 5), jnp.float64)
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (stride,) * 2, ((padding,) * 2,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x_shape = jax.ShapeDtypeStruct((2, hw, hw, 3), jnp.float64)
+    ref = lambda a, w: jax.linear_transpose(lambda x: conv(x, w), x_shape)(a)[0]
+    f = lambda a, w: conv_transpose(a, w, stride, padding, (hw, hw, 3))
+    np.testing.assert_allclose(jax.jit(f)(a, w), ref(a, w), rtol=1e-10, atol=1e-10)
+    g = jax.random.normal(k1, (2, hw, hw, 3), jnp.float64)
+    for got, want in zip(jax.vjp(f, a, w)[1](g), jax.vjp(ref, a, w)[1](g)):
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    check_grads(jax.jit(f), (a, w), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("model,method", [("mlp_tiny", "crown_ibp"), ("cnn_tiny", "crown")])
 def test_gradient_matches_finite_differences(model, method):
   """d/dparams (through BN folding and masks) of the summed margin lower bounds, along a random

@@ -96,3 +96,24 @@ def test_gradient_of_crown_ibp_nrs_loss_matches_finite_differences():
     assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree_util.tree_leaves(g))
   finally:
     jax.config.update("jax_enable_x64", False)
+
+
+def test_at_eps_max_the_crown_ibp_loss_is_the_ibp_loss():
+  """Once eps reaches eps_max, training swaps in the IBP loss: same value and gradient."""
+  model, v, x, y = setup()
+  ctx = ctx_for(model)
+  masks = models.init_masks(v["params"], model.layers)
+  ctx_ibp, ibp_loss = losses.loss_at_eps_max(ctx, "crown_ibp")
+  assert losses.loss_at_eps_max(ctx, "ibp") is None
+
+  def run(ctx, fn):
+    f = lambda p: fn(ctx, p, v["batch_stats"], masks, (x, y), ctx.eps_max, 0.25,
+                     jax.random.PRNGKey(0))
+    return jax.value_and_grad(f, has_aux=True)(v["params"])
+
+  (want, (_, mw)), gw = run(ctx, losses.crown_ibp_loss)
+  (got, (_, mg)), gg = run(ctx_ibp, ibp_loss)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(mg["verified"], mw["verified"])
+  for a, b in zip(jax.tree.leaves(gg), jax.tree.leaves(gw)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -32,8 +32,10 @@ def fused_ce_bound(net: Net, x_lower, x_upper, labels, num_classes: int, crown_w
   """Upper bound of max over the box of CE(f(x), y), per example.
 
   `crown_weight` in [0, 1] mixes the CROWN-IBP bound with the pure IBP one
-  (CROWN-IBP's schedule: (eps_max - eps) / eps_max); at 0 the CROWN pass is
-  skipped at run time. Returns (bound, margin_lower, relu_bounds): the IBP
+  (CROWN-IBP's schedule: (eps_max - eps) / eps_max). The CROWN pass always
+  runs: skipping it at weight 0 with `lax.cond` made XLA:CPU's gradient 6x
+  slower (CNN-7L, batch 32: 2.1 s vs 0.34 s), so callers that know the weight
+  is 0 use the IBP loss instead (`train.make_train_step`). Returns (bound, margin_lower, relu_bounds): the IBP
   lower bounds of z_y - z_j and the IBP pre-activation bounds, which the
   caller needs anyway (verified counts, NRS/RS losses).
   """
@@ -43,14 +45,11 @@ def fused_ce_bound(net: Net, x_lower, x_upper, labels, num_classes: int, crown_w
   lo, up = lower - shift[:, None], upper - shift[:, None]
   ibp_sum = jnp.sum(jnp.exp(up), axis=-1)
 
-  def mixed(_):
-    # exp(m - s) <= slope (m - s) + intercept: linear in the unshifted margins m.
-    slope, intercept = chord(lo, up)
-    shapes = node_shapes(net_m, x_lower)
-    neg = backward_bound(net_m, net_m.output, -slope[:, None, :], x_lower, x_upper, relu_bounds,
-                         shapes)[:, 0]
-    crown_sum = jnp.sum(intercept - slope * shift[:, None], axis=-1) - neg
-    return crown_weight * crown_sum + (1 - crown_weight) * ibp_sum
-
-  total = jax.lax.cond(crown_weight > 1e-5, mixed, lambda _: ibp_sum, None)
+  # exp(m - s) <= slope (m - s) + intercept: linear in the unshifted margins m.
+  slope, intercept = chord(lo, up)
+  shapes = node_shapes(net_m, x_lower)
+  neg = backward_bound(net_m, net_m.output, -slope[:, None, :], x_lower, x_upper, relu_bounds,
+                       shapes)[:, 0]
+  crown_sum = jnp.sum(intercept - slope * shift[:, None], axis=-1) - neg
+  total = crown_weight * crown_sum + (1 - crown_weight) * ibp_sum
   return jnp.log(total) + shift, -upper, relu_bounds

@@ -143,11 +143,11 @@ def _kernel_from_s2d(ws, c):
   return ws.reshape(k0, k1, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2 * k0, 2 * k1, c, o)
 
 
-def _s2d_applies(x, w, strides, padding) -> bool:
+def _s2d_applies(x_shape, w, strides, padding) -> bool:
   """Stride 2, even kernel and even padded size, and a large enough input to pay off."""
   return (tuple(strides) == (2, 2) and w.shape[0] % 2 == 0 and w.shape[1] % 2 == 0
-          and (x.shape[1] + sum(padding[0])) % 2 == 0 and (x.shape[2] + sum(padding[1])) % 2 == 0
-          and x.shape[1] >= 16 and x.shape[2] >= 16)
+          and (x_shape[1] + sum(padding[0])) % 2 == 0 and (x_shape[2] + sum(padding[1])) % 2 == 0
+          and x_shape[1] >= 16 and x_shape[2] >= 16)
 
 
 def _weight_grad_valid(x, g, kernel_shape):
@@ -168,6 +168,48 @@ def _weight_grad_valid(x, g, kernel_shape):
 _WGRAD_CHUNK = 32
 
 
+def _fast_s2d(x_shape, w, strides, padding) -> bool:
+  return _fast_conv_backward() and _s2d_applies(x_shape, w, strides, padding)
+
+
+def conv_input_grad(g, w, strides, padding, x_shape):
+  """`W^T g`: the cotangent of x in conv(x, w) for the output cotangent g.
+
+  On the fast path, the transpose of the stride-1 VALID conv over the
+  space-to-depth input (a plain conv), not XLA's lhs-dilated convolution.
+  """
+  x = jax.ShapeDtypeStruct(tuple(x_shape), g.dtype)
+  if _fast_s2d(x_shape, w, strides, padding):
+    ws = _kernel_to_s2d(w)
+    f = lambda x: _conv(_space_to_depth(x, padding), ws, (1, 1), "VALID")
+  else:
+    f = lambda x: _conv(x, w, strides, padding)
+  return jax.linear_transpose(f, x)(g)[0]
+
+
+def _chunked_weight_grad(x, g, kernel_shape):
+  n = x.shape[0]
+  chunk = _WGRAD_CHUNK if n % _WGRAD_CHUNK == 0 else n
+  return sum(_weight_grad_valid(x[i:i + chunk], g[i:i + chunk], kernel_shape)
+             for i in range(0, n, chunk))
+
+
+def conv_kernel_grad(x, g, w, strides, padding, x_as_kernel: bool = False):
+  """The cotangent of w in conv(x, w) for the output cotangent g (see the section comment).
+
+  `x_as_kernel` also contracts stride-1 convs with x as the kernel operand:
+  slower than XLA's lowering for a stored x, faster for an x computed just
+  before (XLA fuses that computation into its batch-minor transpose).
+  """
+  if x_as_kernel and _fast_conv_backward() and tuple(strides) == (1, 1):
+    return _chunked_weight_grad(jnp.pad(x, ((0, 0),) + tuple(padding) + ((0, 0),)), g, w.shape)
+  if _fast_s2d(x.shape, w, strides, padding):
+    ws_shape = (w.shape[0] // 2, w.shape[1] // 2, 4 * w.shape[2], w.shape[3])
+    return _kernel_from_s2d(_chunked_weight_grad(_space_to_depth(x, padding), g, ws_shape),
+                            x.shape[-1])
+  return jax.vjp(lambda w: _conv(x, w, strides, padding), w)[1](g)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_s2d_backward(x, w, strides, padding):
   return _conv(x, w, strides, padding)
@@ -179,14 +221,8 @@ def _conv_s2d_fwd(x, w, strides, padding):
 
 def _conv_s2d_bwd(strides, padding, res, g):
   x, w = res
-  ws = _kernel_to_s2d(w)
-  # Input gradient: that of the stride-1 VALID conv over the space-to-depth input.
-  gx = jax.vjp(lambda x: _conv(_space_to_depth(x, padding), ws, (1, 1), "VALID"), x)[1](g)[0]
-  xs = _space_to_depth(x, padding)
-  n = x.shape[0]
-  chunk = _WGRAD_CHUNK if n % _WGRAD_CHUNK == 0 else n
-  gws = sum(_weight_grad_valid(xs[i:i + chunk], g[i:i + chunk], ws.shape) for i in range(0, n, chunk))
-  return gx, _kernel_from_s2d(gws, x.shape[-1])
+  return (conv_input_grad(g, w, strides, padding, x.shape),
+          conv_kernel_grad(x, g, w, strides, padding))
 
 
 _conv_s2d_backward.defvjp(_conv_s2d_fwd, _conv_s2d_bwd)
@@ -194,12 +230,18 @@ _conv_s2d_backward.defvjp(_conv_s2d_fwd, _conv_s2d_bwd)
 
 def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0))):
   """NHWC x HWIO convolution (`lax.conv_general_dilated`), fast backward on XLA:CPU."""
+  strides, padding = conv_geometry(strides, padding)
+  if _fast_s2d(x.shape, w, strides, padding):
+    return _conv_s2d_backward(x, w, strides, padding)
+  return _conv(x, w, strides, padding)
+
+
+def conv_geometry(strides, padding):
+  """(strides, padding) as tuples of pairs, from ints or sequences."""
   strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
   padding = ((padding, padding),) * 2 if isinstance(padding, int) else \
       tuple((int(lo), int(hi)) for lo, hi in padding)
-  if _fast_conv_backward() and _s2d_applies(x, w, strides, padding):
-    return _conv_s2d_backward(x, w, strides, padding)
-  return _conv(x, w, strides, padding)
+  return strides, padding
 
 
 def _flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

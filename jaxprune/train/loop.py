@@ -45,22 +45,36 @@ def make_context(config, ds) -> losses.Context:
       bound_method=losses.BOUND_METHOD.get(t.mode, "ibp"), loss_fusion=t.loss_fusion)
 
 
-def make_train_step(ctx: losses.Context, loss_fn: Callable, tx) -> Callable:
-  """One jitted optimisation step; masked weights are re-zeroed after every update."""
+def make_train_step(ctx: losses.Context, loss_fn: Callable, tx,
+                    at_eps_max: Optional[tuple] = None) -> Callable:
+  """One jitted optimisation step; masked weights are re-zeroed after every update.
 
-  def step(state: TrainState, x, y, eps, kappa):
-    key = jax.random.fold_in(state.key, state.step)
+  `at_eps_max`, a (ctx, loss_fn) pair (`losses.loss_at_eps_max`), replaces the
+  loss at steps whose eps reaches ctx.eps_max; it is compiled separately and
+  picked on the host (a `lax.cond` inside the step slows XLA:CPU's gradient).
+  """
 
-    def f(params):
-      return loss_fn(ctx, params, state.batch_stats, state.masks, (x, y), eps, kappa, key)
+  def build(ctx, loss_fn):
+    def step(state: TrainState, x, y, eps, kappa):
+      key = jax.random.fold_in(state.key, state.step)
 
-    (_, (batch_stats, metrics)), grads = jax.value_and_grad(f, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), metrics
+      def f(params):
+        return loss_fn(ctx, params, state.batch_stats, state.masks, (x, y), eps, kappa, key)
 
-  return jax.jit(step, donate_argnums=0)
+      (_, (batch_stats, metrics)), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = apply_masks(optax.apply_updates(state.params, updates), state.masks)
+      return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+  ramp = build(ctx, loss_fn)
+  if at_eps_max is None:
+    return ramp
+  final = build(*at_eps_max)
+  return lambda state, x, y, eps, kappa: (final if np.float32(eps) >= np.float32(ctx.eps_max) else ramp)(
+      state, x, y, eps, kappa)
 
 
 def make_eval_fn(ctx: losses.Context, methods: Sequence[str]) -> Callable:
@@ -153,7 +167,7 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
   tx = make_optimizer(t, steps_per_epoch)
   lr_fn = schedules.lr_schedule(t.lr, t.lr_milestones, t.lr_decay, steps_per_epoch)  # for logs
   loss_fn = losses.LOSSES[t.mode]
-  train_step = make_train_step(ctx, loss_fn, tx)
+  train_step = make_train_step(ctx, loss_fn, tx, losses.loss_at_eps_max(ctx, t.mode))
   methods = tuple(config.eval.methods)
   eval_fn = make_eval_fn(ctx, methods)
   n_crown = config.eval.crown_num_test

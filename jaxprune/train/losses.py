@@ -178,6 +178,8 @@ def crown_ibp_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, 
 
   With `ctx.loss_fusion` the cross-entropy itself is bounded (one backward
   pass, see `bounds.fusion`); otherwise the nine margins are bounded and mixed.
+  The CROWN pass runs even at weight 0: training switches to the IBP loss
+  there (`loss_at_eps_max`).
   """
   del key
   x, y = batch
@@ -192,10 +194,8 @@ def crown_ibp_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, 
     C = bounds.margin_matrix(y, ctx.num_classes)
     ilb, _, relu_bounds = bounds.compute_bounds(net, xl, xu, C=C, method="ibp",
                                                 return_relu_bounds=True)
-    lower = jax.lax.cond(
-        beta > 1e-5,
-        lambda _: beta * bounds.compute_bounds(net, xl, xu, C=C, method="crown_ibp")[0]
-        + (1 - beta) * ilb, lambda _: ilb, None)
+    lower = beta * bounds.compute_bounds(net, xl, xu, C=C, method="crown_ibp")[0] \
+        + (1 - beta) * ilb
     robust = robust_cross_entropy(lower, y)
   return mix(ctx, params, net, relu_bounds, logits, y, kappa, robust, lower, new_stats)
 
@@ -232,6 +232,17 @@ def fgsm_gradalign_loss(ctx: Context, params, batch_stats, masks, batch, eps, ka
     reg, more = regularizers(ctx, params, net, relu_bounds)
     loss, metrics = loss + reg, {**metrics, **more}
   return loss, (new_stats, {"loss": loss, **metrics})
+
+
+def loss_at_eps_max(ctx: Context, mode: str):
+  """(ctx, loss) equal to `mode`'s loss once eps >= eps_max and cheaper, or None.
+
+  CROWN-IBP's weight (eps_max - eps) / eps_max is 0 there, so its loss is the
+  IBP loss and the CROWN pass can be left out of the compiled step.
+  """
+  if mode == "crown_ibp":
+    return dataclasses.replace(ctx, bound_method="ibp"), certified_loss
+  return None
 
 
 LossFn = Callable
