@@ -32,6 +32,7 @@ ROWS = [("IBP", "ibp", {}, False),
         ("CROWN-IBP", "crown_ibp", {}, False),
         ("CROWN-IBP, lower bounds only", "crown_ibp", {"bound_upper": False}, False),
         ("CROWN", "crown", {}, True),
+        ("CROWN, refine unstable", "crown", {"refine": "unstable"}, True),
         ("alpha-CROWN, 20 it.", "alpha_crown", {"iterations": 20, "intermediate": "fixed"}, True),
         ("alpha-CROWN, 100 it.", "alpha_crown", {"iterations": 100, "intermediate": "fixed"}, True)]
 

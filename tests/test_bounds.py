@@ -43,7 +43,9 @@ def bound_fn(method, opts=()):
 
 
 def all_bounds(model, net, xl, xu, C):
-  return {m: bound_fn(m, o)(net, xl, xu, C) for m, o in methods(model).items()}
+  out = {m: bound_fn(m, o)(net, xl, xu, C) for m, o in methods(model).items()}
+  out["crown_unstable"] = bound_fn("crown", (("refine", "unstable"),))(net, xl, xu, C)
+  return out
 
 
 def random_variables(key, density, model, shape):
@@ -420,6 +422,31 @@ def test_relu_bounds_option_and_branch_split():
     for lo_s, hi_s in split({"relu1": (l, u)}):
       assert np.all(ys[side, b].min(0) >= lo_s[b] - 1e-5)
       assert np.all(ys[side, b].max(0) <= hi_s[b] + 1e-5)
+
+
+@pytest.mark.parametrize("model,seed,eps", [("mlp_tiny", 8, 0.1), ("cnn_tiny", 9, 0.05)])
+def test_refine_unstable_bounds_only_unstable_neurons(model, seed, eps):
+  """refine="unstable": the second ReLU layer (whose earlier bounds both modes share) gets
+  CROWN's bounds intersected with the intervals on each example's interval-unstable neurons,
+  and the intervals elsewhere, through chunks of 3 neurons of which some are skipped."""
+  net, xl, xu, C = random_problem(model, seed, eps, 0.8)
+  _, _, rb_all = bound_fn("crown", (("chunk_size", 3),))(net, xl, xu, C)
+  lo, _, rb = bound_fn("crown", (("chunk_size", 3), ("refine", "unstable")))(net, xl, xu, C)
+  first, second = [r.name for r in net.relu_nodes()][:2]
+  np.testing.assert_allclose(rb[first][0], rb_all[first][0], atol=1e-5)
+  il, iu = bounds.ibp(net, xl, xu, {first: rb[first]})[2][second]
+  selected = np.asarray((il < 0) & (iu > 0))  # per example: examples are bounded one by one
+  assert 0 < selected.mean() < 1  # both kinds of neurons occur
+  close = lambda a, b: np.isclose(a, b, rtol=1e-5, atol=1e-5)
+  skipped = 0
+  for got, crown_b, interval, tighter in ((rb[second][0], rb_all[second][0], il, np.maximum),
+                                          (rb[second][1], rb_all[second][1], iu, np.minimum)):
+    refined = close(got, tighter(crown_b, interval))
+    assert np.all(refined[selected])
+    # Unselected neurons sharing a chunk with selected ones are refined too; the rest skipped.
+    assert np.all(refined | close(got, interval))
+    skipped += np.sum(~refined)
+  assert skipped > 0
 
 
 def test_chunks_do_not_change_bounds():

@@ -106,6 +106,14 @@ def test_one_epoch_end_to_end_writes_metrics_and_checkpoints(tmp_path, mode):
   assert summary["last"]["epoch"] == 0
 
 
+def test_crown_eval_runs_every_k_epochs_and_at_the_last(tmp_path):
+  config = tiny_config(**{"train.epochs": 3, "train.steps_per_epoch": 1,
+                          "eval.crown_num_test": 4, "eval.crown_every": 2})
+  train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert ["test_crown_verified_acc" in r for r in rows] == [False, True, True]
+
+
 def test_ibp_training_learns_on_digits(tmp_path):
   """A real property, not a smoke check: IBP training beats chance by a wide margin."""
   config = load_config(preset="", **{"train.epochs": 10, "train.eps_start": 2,

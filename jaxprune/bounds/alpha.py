@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxprune.bounds.crown import ancestors, chunking, crown_core, node_shapes, target_plan
+from jaxprune.bounds.crown import (ancestors, chunking, crown, crown_core, node_shapes,
+                                   target_plan)
 from jaxprune.bounds.ir import Net
 from jaxprune.models.spec import INPUT
 
@@ -68,7 +69,7 @@ def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
                 lr_decay: float = 0.98, share_alphas: bool = False, intermediate: str = "full",
                 chunk_size: Optional[int] = None, compare_ibp: bool = False,
                 conv_mode: str = "patches", bound_upper: bool = True,
-                relu_bounds: Optional[dict] = None):
+                relu_bounds: Optional[dict] = None, refine: str = "all"):
   """Optimised CROWN bounds; never looser than CROWN's, elementwise.
 
   intermediate: "full" gives each neuron of each pre-ReLU node its own slopes
@@ -80,7 +81,8 @@ def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
   defaults: lr_alpha 0.1, alpha_lr_decay 0.98). `share_alphas` shares the
   slopes over the batch. `chunk_size`, `compare_ibp`, `conv_mode` and
   `bound_upper` are CROWN's (see `crown`); `relu_bounds` are used as given and
-  never re-optimised (branch and bound).
+  never re-optimised (branch and bound). `refine` is CROWN's (see `crown`),
+  for the starting CROWN bounds (hence all intermediate bounds when "fixed").
 
   The bounds are evaluated at the initial slopes and after each of the
   `iterations` projected Adam steps; the result is the elementwise tightest of
@@ -93,7 +95,7 @@ def alpha_crown(net: Net, lower, upper, iterations: int = 20, lr: float = 0.1,
   if intermediate not in INTERMEDIATE:
     raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {intermediate!r}")
   given = dict(relu_bounds or {})
-  start = crown_core(net, lower, upper, given, chunk_size, compare_ibp, conv_mode, bound_upper)
+  start = crown(net, lower, upper, given, chunk_size, compare_ibp, conv_mode, bound_upper, refine)
   if intermediate == "fixed":
     given = start[2]
   shapes = node_shapes(net, lower)

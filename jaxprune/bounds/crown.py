@@ -31,6 +31,7 @@ from jaxprune.models.spec import (INPUT, conv2d, conv_geometry, conv_input_grad,
 LINEAR = ("conv", "dense", "affine")
 PATCH_OPS = ("conv", "affine", "relu", "add", "avgpool")
 CONV_MODES = ("patches", "matrix")
+REFINE = ("all", "unstable")
 # Elements of one A-matrix when `chunk_size` is automatic (64 MiB in float32).
 CHUNK_ELEMENTS = 1 << 24
 
@@ -327,7 +328,7 @@ def target_plan(net: Net, target: str, shapes: dict, conv_mode: str) -> Optional
 
 def node_bounds(net: Net, target: str, x_lower, x_upper, bounds: dict, shapes: dict,
                 chunk_size: Optional[int] = None, alphas: Optional[dict] = None,
-                shared: bool = False, conv_mode: str = "patches"):
+                shared: bool = False, conv_mode: str = "patches", select=None):
   """(l, u) of every neuron of `target`, each (B, *shape), by chunks of neurons.
 
   Each chunk starts from the identity rows of its neurons (and their negation
@@ -335,15 +336,24 @@ def node_bounds(net: Net, target: str, x_lower, x_upper, bounds: dict, shapes: d
   `alphas` maps ReLU names to lower slopes: (chunks, B or 1, 2 * chunk, *shape)
   per chunk and spec, or (B or 1, 2, *shape) shared by all neurons of the target
   (one for the lower, one for the upper bounds) when `shared`.
+  `select` (B, *shape), bool, without per-chunk `alphas`: only neurons
+  selected for some example are bounded (moved to the front, whole chunks of
+  unselected ones skipped at run time); the others get (-inf, inf).
   """
   shape, batch, dtype = shapes[target], x_lower.shape[0], x_lower.dtype
   n = math.prod(shape)
   plan = target_plan(net, target, shapes, conv_mode)
   c, k = chunking(shapes, target, batch, chunk_size, plan)
+  if select is not None and alphas is not None and not shared:
+    raise ValueError("select needs slopes shared by the target's neurons (or none)")
+  if select is None:
+    order, count = jnp.arange(n), n
+  else:
+    flags = jnp.any(select.reshape(batch, n), axis=0)
+    order, count = jnp.argsort(~flags, stable=True), jnp.sum(flags)
 
-  def one(args):
-    i, al = args
-    idx = i * c + jnp.arange(c)
+  def bound(i, al):
+    idx = order[jnp.minimum(i * c + jnp.arange(c), n - 1)]
     if plan is None:
       if shared:
         al = {r: jnp.repeat(v, c, axis=1) for r, v in alphas.items()}
@@ -362,23 +372,37 @@ def node_bounds(net: Net, target: str, x_lower, x_upper, bounds: dict, shapes: d
                                  x_upper, bounds, shapes, al, index)
     return v[:, :c], -v[:, c:]
 
+  def one(args):
+    i, al = args
+    if select is None:
+      return bound(i, al)
+    skipped = jnp.full((batch, c), jnp.inf, dtype)
+    return jax.lax.cond(i * c < count, bound, lambda *_: (-skipped, skipped), i, al)
+
   lo, up = jax.lax.map(one, (jnp.arange(k), None if shared else alphas))
-  unchunk = lambda v: jnp.moveaxis(v, 0, 1).reshape(batch, k * c)[:, :n].reshape((batch,) + shape)
+  inverse = jnp.argsort(order)
+
+  def unchunk(v):
+    v = jnp.moveaxis(v, 0, 1).reshape(batch, k * c)[:, :n]
+    return v[:, inverse].reshape((batch,) + shape)
+
   return unchunk(lo), unchunk(up)
 
 
 def crown_core(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
                chunk_size: Optional[int] = None, compare_ibp: bool = False,
                conv_mode: str = "patches", bound_upper: bool = True,
-               alphas: Optional[dict] = None, shared: bool = False):
+               alphas: Optional[dict] = None, shared: bool = False, refine: str = "all"):
   """CROWN with optional per-target lower slopes (the engine of alpha-CROWN).
 
   Intermediate bounds are computed ReLU by ReLU in topological order, each
   from the bounds of the ReLUs before it; ReLUs in `relu_bounds` use the given
   bounds instead. `alphas[target]` holds the slopes used when bounding node
   `target` (net.output for the final bound: (B or 1, 2 S, *shape) per ReLU,
-  S without `bound_upper`).
+  S without `bound_upper`). `refine` as in `crown`.
   """
+  if refine not in REFINE:
+    raise ValueError(f"refine must be one of {REFINE}, got {refine!r}")
   shapes = node_shapes(net, lower)
   given = relu_bounds or {}
   reference = ibp(net, lower, upper)[2] if compare_ibp else {}
@@ -390,6 +414,13 @@ def crown_core(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
       bounds[relu.name] = given[relu.name]
     elif t == INPUT:
       bounds[relu.name] = (lower, upper)
+    elif refine == "unstable" and (slopes(t) is None or shared):
+      # Intervals from the bounds found so far; CROWN only where they leave the ReLU unstable.
+      il, iu = ibp(net, lower, upper, bounds)[2][relu.name]
+      l, u = node_bounds(net, t, lower, upper, bounds, shapes, chunk_size, slopes(t), shared,
+                         conv_mode, select=(il < 0) & (iu > 0))
+      l, u = jnp.maximum(l, il), jnp.minimum(u, iu)
+      bounds[relu.name] = (l, u)
     else:
       l, u = node_bounds(net, t, lower, upper, bounds, shapes, chunk_size, slopes(t), shared,
                          conv_mode)
@@ -410,7 +441,7 @@ def crown_core(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
 
 def crown(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
           chunk_size: Optional[int] = None, compare_ibp: bool = False,
-          conv_mode: str = "patches", bound_upper: bool = True):
+          conv_mode: str = "patches", bound_upper: bool = True, refine: str = "all"):
   """CROWN: every pre-ReLU bound and the output bound by backward relaxation.
 
   `relu_bounds` ({relu name: (l, u)}) replaces the computed bounds of those
@@ -425,9 +456,40 @@ def crown(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
   of patches (same bounds up to rounding, many times slower).
   `bound_upper=False` skips the output's upper bounds, returned as +inf (valid
   and vacuous): margins need lower bounds only, and the output pass halves.
+  `refine="unstable"` bounds by CROWN only the neurons that interval
+  propagation from the bounds found so far leaves unstable, and intersects
+  with those intervals; examples are then bounded one at a time (`lax.map`),
+  as each has its own unstable neurons. Stable neurons are relaxed exactly
+  either way, so the bounds are as tight as with "all" or tighter, except
+  where tighter intermediate bounds flip an adaptive slope (as CROWN vs
+  CROWN-IBP, not a theorem); the cost follows the number of unstable neurons.
+  The intermediate bounds reported for stable neurons are the intervals.
   """
-  return crown_core(net, lower, upper, relu_bounds, chunk_size, compare_ibp, conv_mode,
-                    bound_upper)
+  run = functools.partial(crown_core, chunk_size=chunk_size, compare_ibp=compare_ibp,
+                          conv_mode=conv_mode, bound_upper=bound_upper, refine=refine)
+  if refine == "unstable" and lower.shape[0] > 1:
+    return map_examples(run, net, lower, upper, relu_bounds)
+  return run(net, lower, upper, relu_bounds)
+
+
+def map_examples(fn, net: Net, lower, upper, relu_bounds: Optional[dict] = None):
+  """fn(net, lower, upper, relu_bounds) one example at a time (batch 1) under `lax.map`.
+
+  Specifications folded per example (`fold_spec`) are sliced with the inputs.
+  """
+  folded = [i for i, n in enumerate(net.nodes) if _per_example(n)]
+
+  def one(args):
+    l, u, rb, wb = args
+    nodes = list(net.nodes)
+    for i, (w, b) in zip(folded, wb):
+      nodes[i] = nodes[i].replace(w=w[None], b=None if b is None else b[None])
+    batch1 = lambda tree: jax.tree.map(lambda v: v[None], tree)
+    out = fn(net.replace(nodes=tuple(nodes)), l[None], u[None], batch1(rb))
+    return jax.tree.map(lambda v: v[0], out)
+
+  wb = [(net.nodes[i].w, net.nodes[i].b) for i in folded]
+  return jax.lax.map(one, (lower, upper, relu_bounds or {}, wb))
 
 
 def crown_ibp(net: Net, lower, upper, relu_bounds: Optional[dict] = None,

@@ -1,6 +1,8 @@
 """Interval bound propagation in centre/radius form (paper Eq. 1)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -16,11 +18,14 @@ def _linear(node, x, kernel=None, bias: bool = True):
   return y + node.b if bias and node.b is not None else y
 
 
-def ibp(net: Net, lower, upper):
+def ibp(net: Net, lower, upper, known: Optional[dict] = None):
   """Returns (lower, upper, relu_bounds) with relu_bounds[name] = (l, u) of each ReLU's input.
 
   mu' = W mu + b, r' = |W| r: two passes per linear layer, no matter the width.
+  `known` ({relu name: (l, u)}, e.g. tighter CROWN bounds) is intersected with
+  the intervals reaching those ReLUs, and the result propagated.
   """
+  known = known or {}
   vals = {INPUT: ((upper + lower) / 2, (upper - lower) / 2)}
   relu_bounds = {}
   for node in net.nodes:
@@ -30,6 +35,8 @@ def ibp(net: Net, lower, upper):
       c, r = _linear(node, c), _linear(node, r, kernel=jnp.abs(node.w), bias=False)
     elif node.op == "relu":
       l, u = c - r, c + r
+      if node.name in known:
+        l, u = jnp.maximum(l, known[node.name][0]), jnp.minimum(u, known[node.name][1])
       relu_bounds[node.name] = (l, u)
       l, u = jax.nn.relu(l), jax.nn.relu(u)
       c, r = (u + l) / 2, (u - l) / 2

@@ -6,6 +6,7 @@ a pruner, `jaxprune.prune.driver.run(config, workdir)`.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,10 +42,22 @@ def clear_errors(fn, argv):
   sys.exit(2)
 
 
+def use_compilation_cache() -> None:
+  """Persist XLA compilations (pruning rounds and resumed runs rebuild identical steps).
+
+  $JAX_COMPILATION_CACHE_DIR wins; otherwise ~/.cache/jaxprune/jit.
+  """
+  import jax
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "jaxprune", "jit"))
+
+
 def main(argv, FLAGS) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  use_compilation_cache()
   from jaxprune.data import DataError
   from jaxprune.train import ConfigError, NaNLossError, train_and_evaluate
   from jaxprune.prune import driver

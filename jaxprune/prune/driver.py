@@ -209,7 +209,8 @@ def next_masks(config, ctx, ds, pruner: Pruner, prev: TrainState, r: int):
 def score_loss(config, ctx, batch_stats, key):
   """loss_fn(params, masks, batch) of the training mode at the full eps, BN in train mode."""
   t = config.train
-  loss, eps, kappa = losses.LOSSES[t.mode], t.eps, schedules.kappa_at(t, t.eps)
+  eps, kappa = t.eps, schedules.kappa_at(t, t.eps)
+  ctx, loss = losses.loss_at_eps_max(ctx, t.mode) or (ctx, losses.LOSSES[t.mode])
   return lambda params, masks, batch: loss(ctx, params, batch_stats, masks, batch, eps, kappa,
                                            key)[0]
 
@@ -229,14 +230,18 @@ def training_batches(config, ds, n: int):
 
 
 def summary_row(ctx, pruner: Pruner, r: int, state: TrainState, result: dict, rdir: str) -> dict:
-  """Round r's remain ratio and its best-epoch test metrics (plus the last epoch's)."""
+  """Round r's remain ratio and its best-epoch test metrics (plus the last epoch's).
+
+  A metric the best epoch did not evaluate (CROWN runs every `eval.crown_every`
+  epochs) is None there; the last epoch always has every metric.
+  """
   best, last = result["best"], result["last"]
   keys = [k for k in last if k.startswith("test_") or k.endswith(("instability", "unstable_ratio"))]
   with open(os.path.join(rdir, "metrics.jsonl")) as f:
     train_time = sum(json.loads(line)["epoch_time_s"] for line in f if line.strip())
   row = {"round": r, "pruner": pruner.name, "remain_ratio": prune.remaining_fraction(state.masks),
          "best_epoch": best["epoch"], "selected_by": best["metric"],
-         **{k: best[k] for k in keys}, **{f"last_{k}": last[k] for k in keys},
+         **{k: best.get(k) for k in keys}, **{f"last_{k}": last[k] for k in keys},
          "train_time_s": train_time}
   if pruner.kind == "structured":
     alive = prune.channel_view(state.masks)

@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   e.batch_size = 200
   e.methods = ("ibp",)  # bound methods on the first num_test images (the first selects "best")
   e.crown_num_test = 0  # > 0: also CROWN-verified accuracy on the first crown_num_test images
+  e.crown_every = 1  # ... every this many epochs and at the last (CROWN costs seconds per image)
 
   p = c.prune = ml_collections.ConfigDict()  # the pruning driver (jaxprune.prune.driver)
   p.pruner = "dense"  # a name in jaxprune.prune.PRUNERS; "dense" alone: a plain training run
@@ -118,6 +119,8 @@ def validate_config(c, pruning: bool = False) -> None:
     problems.append("train.eps_mid and train.kappa_end must lie in [0, 1]")
   if not c.eval.crown_num_test >= 0:
     problems.append(f"eval.crown_num_test must be >= 0, got {c.eval.crown_num_test}")
+  if not c.eval.crown_every >= 1:
+    problems.append(f"eval.crown_every must be >= 1, got {c.eval.crown_every}")
   if not c.eval.num_test >= 1 or not c.eval.batch_size >= 1:
     problems.append("eval.num_test and eval.batch_size must be >= 1")
   for m in c.eval.methods:

@@ -77,6 +77,12 @@ def make_train_step(ctx: losses.Context, loss_fn: Callable, tx,
       state, x, y, eps, kappa)
 
 
+# Margins need lower bounds only; CROWN refines only the neurons its intervals leave unstable
+# (~2.5x faster on trained CNN-7L; the ReLU bounds of stable neurons are then intervals).
+EVAL_OPTIONS = {"crown": {"refine": "unstable", "bound_upper": False},
+                "crown_ibp": {"bound_upper": False}}
+
+
 def make_eval_fn(ctx: losses.Context, methods: Sequence[str]) -> Callable:
   """Sums over a (padded) batch: clean correct, verified per bound method, instability."""
 
@@ -87,7 +93,8 @@ def make_eval_fn(ctx: losses.Context, methods: Sequence[str]) -> Callable:
                              masks, bn="eval")
     relu_bounds = None
     for method in methods:
-      lower, relu_bounds = losses.certified_bounds(ctx, net, x, y, eps, method)
+      lower, relu_bounds = losses.certified_bounds(ctx, net, x, y, eps, method,
+                                                   **EVAL_OPTIONS.get(method, {}))
       out[f"{method}_verified"] = jnp.sum(weight * bounds.verified_from_margins(lower, y))
     if relu_bounds:
       unstable, inst, count = losses.instability(relu_bounds)
@@ -220,7 +227,8 @@ def fit(config, workdir: str, ctx: losses.Context, ds, state: TrainState,
       raise NaNLossError(f"loss is not finite in epoch {epoch + 1}; stopping. The last good "
                          f"checkpoint in {os.path.join(workdir, 'checkpoints')} is intact.")
     test = evaluate(eval_fn, state, x_test, y_test, t.eps, config.eval.batch_size)
-    if crown_fn is not None:
+    if crown_fn is not None and ((epoch + 1) % config.eval.crown_every == 0
+                                 or epoch == t.epochs - 1):
       crown = evaluate(crown_fn, state, x_test[:n_crown], y_test[:n_crown], t.eps,
                        min(config.eval.batch_size, n_crown))
       test.update({"test_crown_verified_acc": crown["test_crown_verified_acc"],
