@@ -1,13 +1,17 @@
 """Train-step throughput: jaxprune vs an equivalent PyTorch step (when torch is installed).
 
-    python benchmarks/train_step.py [--batch 128] [--steps 10] [--modes standard,ibp]
-                                    [--repeats 3] [--cpu-time]
+    python benchmarks/train_step.py [--batch 128] [--steps 10]
+        [--modes standard,ibp,crown_ibp] [--repeats 3] [--cpu-time] [--check]
 
-CNN-7L on CIFAR shapes (32x32x3), Adam, eps 2/255. Compile time is excluded
+CNN-7L on CIFAR shapes (32x32x3), Adam, eps 2/255 (CROWN-IBP: eps 1/255 of
+eps_max 2/255, mid-ramp, so its CROWN pass runs). Compile time is excluded
 (one warm-up step). The PyTorch step does the same work: clean forward with
-BN in train mode, and for IBP the centre/radius bounds with the BN folded by
-the clean batch's statistics and the margin specification folded into the
-last layer, then backward and Adam.
+BN in train mode; for IBP the centre/radius bounds with the BN folded by the
+clean batch's statistics and the margin specification folded into the last
+layer; for CROWN-IBP also the loss-fusion CROWN pass (exp's chord on the
+margins' IBP intervals, one backward pass with conv_transpose2d); then
+backward and Adam. `--check` first prints both frameworks' losses on the same
+weights and batch, to show the two steps compute the same thing.
 """
 from __future__ import annotations
 
@@ -29,12 +33,18 @@ from jaxprune.train.state import init_state, make_optimizer
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
 
-def jax_step(mode: str, batch: int, eps: float):
-  """A zero-argument callable running one jitted jaxprune train step (compiled, warmed up)."""
+def mid_ramp(mode: str, eps: float) -> tuple[float, float]:
+  """(eps, eps_max) of a step: CROWN-IBP runs at half its eps_max (CROWN-IBP weight 0.5)."""
+  return (eps / 2, eps) if mode == "crown_ibp" else (eps, eps)
+
+
+def jax_setup(mode: str, batch: int, eps: float):
+  """(ctx, state, step, x, y, eps, kappa) of a jitted jaxprune train step on random data."""
   cfg = base_config().train
   cfg.mode = mode
   model = models.create("cnn7l")
-  ctx = losses.Context(model=model, mean=MEAN, std=STD, num_classes=10, eps_max=eps,
+  eps, eps_max = mid_ramp(mode, eps)
+  ctx = losses.Context(model=model, mean=MEAN, std=STD, num_classes=10, eps_max=eps_max,
                        bound_method=losses.BOUND_METHOD.get(mode, "ibp"))
   tx = make_optimizer(cfg, 100)
   state = init_state(model, (32, 32, 3), tx, 0)
@@ -42,9 +52,13 @@ def jax_step(mode: str, batch: int, eps: float):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((batch, 32, 32, 3), np.float32))
   y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
-  kappa = jnp.float32(0.5)
+  return ctx, state, step, x, y, jnp.float32(eps), jnp.float32(0.5)
+
+
+def jax_step(mode: str, batch: int, eps: float):
+  """A zero-argument callable running one jitted jaxprune train step (compiled, warmed up)."""
+  _, state, step, x, y, e, kappa = jax_setup(mode, batch, eps)
   box = [state]
-  e = jnp.float32(eps)
 
   def run():
     box[0], m = step(box[0], x, y, e, kappa)
@@ -54,27 +68,81 @@ def jax_step(mode: str, batch: int, eps: float):
   return run
 
 
-def torch_step(mode: str, batch: int, eps: float):
-  """(one-step callable, torch version, threads) for the equivalent PyTorch step, or None."""
-  try:
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-  except ImportError:
-    return None
+BLOCKS = [(3, 32, 3, 1), (32, 64, 4, 2), (64, 64, 3, 1), (64, 128, 4, 2), (128, 128, 4, 2)]
+
+
+def torch_loss(mode: str, eps: float, params=None):
+  """(loss_fn(x, y), modules): the PyTorch equivalent of jaxprune's `mode` loss, kappa 0.5.
+
+  x is NCHW in pixel space. `params` (jaxprune's CNN-7L params) are copied in
+  when given, so that both frameworks can be checked to compute the same loss.
+  """
+  import torch
+  import torch.nn as nn
+  import torch.nn.functional as F
+
   torch.manual_seed(0)
-  blocks = [(3, 32, 3, 1), (32, 64, 4, 2), (64, 64, 3, 1), (64, 128, 4, 2), (128, 128, 4, 2)]
-  convs = nn.ModuleList([nn.Conv2d(i, o, k, s, 1) for i, o, k, s in blocks])
-  bns = nn.ModuleList([nn.BatchNorm2d(o) for _, o, _, _ in blocks])
+  convs = nn.ModuleList([nn.Conv2d(i, o, k, s, 1) for i, o, k, s in BLOCKS])
+  bns = nn.ModuleList([nn.BatchNorm2d(o) for _, o, _, _ in BLOCKS])
   fc1, fc2 = nn.Linear(2048, 100), nn.Linear(100, 10)
-  net = nn.ModuleList([convs, bns, fc1, fc2])
-  opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
+  if params is not None:
+    t = lambda a: torch.tensor(np.asarray(a))
+    with torch.no_grad():
+      for i, (conv, bn) in enumerate(zip(convs, bns), 1):
+        conv.weight.copy_(t(params[f"conv{i}"]["kernel"]).permute(3, 2, 0, 1))
+        conv.bias.copy_(t(params[f"conv{i}"]["bias"]))
+        bn.weight.copy_(t(params[f"bn{i}"]["scale"]))
+        bn.bias.copy_(t(params[f"bn{i}"]["bias"]))
+      # jaxprune flattens (h, w, c); PyTorch (c, h, w).
+      fc1.weight.copy_(t(params["fc1"]["kernel"]).reshape(4, 4, 128, 100)
+                       .permute(3, 2, 0, 1).reshape(100, 2048))
+      fc1.bias.copy_(t(params["fc1"]["bias"]))
+      fc2.weight.copy_(t(params["fc2"]["kernel"]).T)
+      fc2.bias.copy_(t(params["fc2"]["bias"]))
   mean = torch.tensor(MEAN).view(1, 3, 1, 1)
   std = torch.tensor(STD).view(1, 3, 1, 1)
-  x = torch.rand(batch, 3, 32, 32)
-  y = torch.randint(0, 10, (batch,))
+  eps, eps_max = mid_ramp(mode, eps)
+  beta = (eps_max - eps) / eps_max  # CROWN-IBP weight
 
-  def loss_fn():
+  def relax(a, l, u):
+    """CROWN's ReLU relaxation of coefficients a (as jaxprune's `relu_transpose`)."""
+    ub, lb = F.relu(u), torch.clamp(l, max=0)
+    den = ub - lb
+    up_slope = ub / torch.where(den > 0, den, torch.ones_like(den))
+    pos, neg = a.clamp(min=0), a.clamp(max=0)
+    return pos * (u + l > 0).float() + neg * up_slope, (neg * -lb * up_slope).flatten(1).sum(1)
+
+  def crown_ibp_bound(x_c, x_r, pre, l1, u1, c, r, y):
+    """Loss fusion: upper bound of the worst-case CE (jaxprune's `fused_ce_bound`)."""
+    C = torch.eye(10)[y].unsqueeze(1) - torch.eye(10).unsqueeze(0)
+    wm, bm = -(C @ fc2.weight), -(C @ fc2.bias)  # margins z_j - z_y
+    mid = torch.einsum("bsi,bi->bs", wm, c) + bm
+    rad = torch.einsum("bsi,bi->bs", wm.abs(), r)
+    shift = (mid + rad).max(1).values.detach()
+    lo, up = mid - rad - shift[:, None], mid + rad - shift[:, None]
+    el, eu, width = lo.exp(), up.exp(), up - lo
+    wide = width > 1e-6
+    slope = torch.where(wide, (eu - el) / torch.where(wide, width, torch.ones_like(width)), eu)
+    intercept = el - slope * lo
+    a = -slope
+    const = (a * bm).sum(1)
+    a = torch.einsum("bs,bsi->bi", a, wm)
+    a, k = relax(a, l1, u1)
+    const = const + k + a @ fc1.bias
+    a = (a @ fc1.weight).view(-1, 128, 4, 4)
+    for conv, (l, u, w, b) in zip(reversed(convs), reversed(pre)):
+      a, k = relax(a, l, u)
+      s = a.sum((2, 3))
+      const = const + k + s @ b
+      a = a * w.view(1, -1, 1, 1)
+      const = const + (s * w) @ conv.bias
+      a = F.conv_transpose2d(a, conv.weight, stride=conv.stride, padding=conv.padding)
+    neg = const + (a * x_c).flatten(1).sum(1) - (a.abs() * x_r).flatten(1).sum(1)
+    crown_sum = (intercept - slope * shift[:, None]).sum(1) - neg
+    total = beta * crown_sum + (1 - beta) * up.exp().sum(1)
+    return (total.log() + shift).mean()
+
+  def loss_fn(x, y):
     h = (x - mean) / std
     stats = []
     for conv, bn in zip(convs, bns):
@@ -88,33 +156,77 @@ def torch_step(mode: str, batch: int, eps: float):
     lo = ((x - eps).clamp(0, 1) - mean) / std
     hi = ((x + eps).clamp(0, 1) - mean) / std
     c, r = (hi + lo) / 2, (hi - lo) / 2
+    x_c, x_r, pre = c, r, []
     for conv, bn, (m, v) in zip(convs, bns, stats):
       c = conv(c)
       r = F.conv2d(r, conv.weight.abs(), None, conv.stride, conv.padding)
-      w = (bn.weight / torch.sqrt(v + bn.eps)).view(1, -1, 1, 1)
-      c = (c - m.view(1, -1, 1, 1)) * w + bn.bias.view(1, -1, 1, 1)
-      r = r * w.abs()
+      w = bn.weight / torch.sqrt(v + bn.eps)
+      b = bn.bias - m * w
+      c = c * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+      r = r * w.abs().view(1, -1, 1, 1)
+      pre.append((c - r, c + r, w, b))
       lo, hi = F.relu(c - r), F.relu(c + r)
       c, r = (hi + lo) / 2, (hi - lo) / 2
     c, r = c.flatten(1), r.flatten(1)
     c, r = fc1(c), r @ fc1.weight.abs().t()
-    lo, hi = F.relu(c - r), F.relu(c + r)
+    l1, u1 = c - r, c + r
+    lo, hi = F.relu(l1), F.relu(u1)
     c, r = (hi + lo) / 2, (hi - lo) / 2
-    C = torch.eye(10)[y].unsqueeze(1) - torch.eye(10).unsqueeze(0)
-    wc = C @ fc2.weight
-    bc = C @ fc2.bias
-    lower = torch.einsum("bsi,bi->bs", wc, c) + bc - torch.einsum("bsi,bi->bs", wc.abs(), r)
-    return 0.5 * clean + 0.5 * F.cross_entropy(-lower, y)
+    if mode == "crown_ibp":
+      robust = crown_ibp_bound(x_c, x_r, pre, l1, u1, c, r, y)
+    else:
+      C = torch.eye(10)[y].unsqueeze(1) - torch.eye(10).unsqueeze(0)
+      wc = C @ fc2.weight
+      bc = C @ fc2.bias
+      lower = torch.einsum("bsi,bi->bs", wc, c) + bc - torch.einsum("bsi,bi->bs", wc.abs(), r)
+      robust = F.cross_entropy(-lower, y)
+    return 0.5 * clean + 0.5 * robust
+
+  return loss_fn, nn.ModuleList([convs, bns, fc1, fc2])
+
+
+def torch_step(mode: str, batch: int, eps: float):
+  """(one-step callable, torch version, threads) for the equivalent PyTorch step, or None."""
+  try:
+    import torch
+    import torch.nn as nn
+  except ImportError:
+    return None
+  loss_fn, net = torch_loss(mode, eps)
+  opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
+  x = torch.rand(batch, 3, 32, 32)
+  y = torch.randint(0, 10, (batch,))
 
   def step():
     opt.zero_grad()
-    loss = loss_fn()
+    loss = loss_fn(x, y)
     loss.backward()
     nn.utils.clip_grad_norm_(net.parameters(), 8.0)
     opt.step()
 
   step()
   return step, torch.__version__, torch.get_num_threads()
+
+
+def check(mode: str, batch: int, eps: float) -> str:
+  """Both frameworks' losses on jaxprune's initial weights and the same batch, as text.
+
+  Also at eps / 100: at the benchmark's eps the untrained net's IBP term dominates
+  CROWN-IBP's loss, at the smaller eps the CROWN term shows.
+  """
+  import torch
+  out = []
+  for e_check in (eps, eps / 100):
+    ctx, state, _, x, y, e, kappa = jax_setup(mode, batch, e_check)
+    loss, _ = losses.LOSSES[mode](ctx, state.params, state.batch_stats, state.masks, (x, y), e,
+                                  kappa, jax.random.PRNGKey(0))
+    loss_fn, _ = torch_loss(mode, e_check, state.params)
+    with torch.no_grad():
+      ref = loss_fn(torch.tensor(np.asarray(x)).permute(0, 3, 1, 2),
+                    torch.tensor(np.asarray(y)).long()).item()
+    out.append(f"{mode} (eps {e_check:.3g}): jaxprune loss {float(loss):.6g}, "
+               f"PyTorch loss {ref:.6g}, relative difference {abs(float(loss) - ref) / abs(ref):.1e}")
+  return "\n".join(out)
 
 
 def timed(fn, steps: int, clock=time.perf_counter) -> float:
@@ -129,18 +241,23 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--eps", type=float, default=2 / 255)
-  p.add_argument("--modes", default="standard,ibp")
+  p.add_argument("--modes", default="standard,ibp,crown_ibp")
   p.add_argument("--repeats", type=int, default=3,
                  help="rounds of `steps` JAX steps then `steps` PyTorch steps; medians reported")
   p.add_argument("--cpu-time", action="store_true",
                  help="time by this process's CPU time instead of wall time (for a shared machine "
                       "with `taskset -c 0`, one thread each; spinning threads inflate it otherwise)")
+  p.add_argument("--check", action="store_true",
+                 help="print both frameworks' losses on the same weights and batch first")
   a = p.parse_args()
   clock = time.process_time if a.cpu_time else time.perf_counter
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), {len(os.sched_getaffinity(0))} usable cores, "
         f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
         f"clock={'cpu' if a.cpu_time else 'wall'}")
+  if a.check:
+    for mode in a.modes.split(","):
+      print(check(mode, a.batch, a.eps))
   print("| mode | jaxprune img/s | PyTorch img/s | ratio |\n|---|---|---|---|")
   for mode in a.modes.split(","):
     # Interleaved rounds, so that both frameworks see the same load on a shared machine.
