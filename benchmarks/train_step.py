@@ -112,14 +112,14 @@ def torch_loss(mode: str, eps: float, params=None):
     pos, neg = a.clamp(min=0), a.clamp(max=0)
     return pos * (u + l > 0).float() + neg * up_slope, (neg * -lb * up_slope).flatten(1).sum(1)
 
-  def crown_ibp_bound(x_c, x_r, pre, l1, u1, c, r, y):
-    """Loss fusion: upper bound of the worst-case CE (jaxprune's `fused_ce_bound`)."""
-    C = torch.eye(10)[y].unsqueeze(1) - torch.eye(10).unsqueeze(0)
-    wm, bm = -(C @ fc2.weight), -(C @ fc2.bias)  # margins z_j - z_y
-    mid = torch.einsum("bsi,bi->bs", wm, c) + bm
-    rad = torch.einsum("bsi,bi->bs", wm.abs(), r)
-    shift = (mid + rad).max(1).values.detach()
-    lo, up = mid - rad - shift[:, None], mid + rad - shift[:, None]
+  def crown_ibp_bound(x_c, x_r, pre, l1, u1, wc, bc, mid, rad):
+    """Loss fusion: upper bound of the worst-case CE (jaxprune's `fused_ce_bound`).
+
+    The fused quantities are the margins z_j - z_y, the negated specification rows.
+    """
+    wm, bm = -wc, -bc
+    shift = (rad - mid).max(1).values.detach()
+    lo, up = -mid - rad - shift[:, None], rad - mid - shift[:, None]
     el, eu, width = lo.exp(), up.exp(), up - lo
     wide = width > 1e-6
     slope = torch.where(wide, (eu - el) / torch.where(wide, width, torch.ones_like(width)), eu)
@@ -172,14 +172,15 @@ def torch_loss(mode: str, eps: float, params=None):
     l1, u1 = c - r, c + r
     lo, hi = F.relu(l1), F.relu(u1)
     c, r = (hi + lo) / 2, (hi - lo) / 2
+    # Margin specification z_y - z_j folded into the last layer; its IBP centre and radius.
+    C = torch.eye(10)[y].unsqueeze(1) - torch.eye(10).unsqueeze(0)
+    wc, bc = C @ fc2.weight, C @ fc2.bias
+    mid = torch.einsum("bsi,bi->bs", wc, c) + bc
+    rad = torch.einsum("bsi,bi->bs", wc.abs(), r)
     if mode == "crown_ibp":
-      robust = crown_ibp_bound(x_c, x_r, pre, l1, u1, c, r, y)
+      robust = crown_ibp_bound(x_c, x_r, pre, l1, u1, wc, bc, mid, rad)
     else:
-      C = torch.eye(10)[y].unsqueeze(1) - torch.eye(10).unsqueeze(0)
-      wc = C @ fc2.weight
-      bc = C @ fc2.bias
-      lower = torch.einsum("bsi,bi->bs", wc, c) + bc - torch.einsum("bsi,bi->bs", wc.abs(), r)
-      robust = F.cross_entropy(-lower, y)
+      robust = F.cross_entropy(rad - mid, y)  # CE of the worst-case logits -(mid - rad)
     return 0.5 * clean + 0.5 * robust
 
   return loss_fn, nn.ModuleList([convs, bns, fc1, fc2])

@@ -18,8 +18,13 @@ at the end of each round; 37 minutes measured on an idle 2-core CPU:
 """
 from jaxprune.train.config import base_config, smoke
 
+PRESETS = ("ibp_cpu", "crown_ibp_cpu", "imp_nrs_cpu", "smoke")
+
 
 def get_config(preset: str = ""):
+  if preset and preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} for configs/fashion_mnist.py; "
+                     f"valid: {', '.join(PRESETS)}")
   c = base_config()
   c.dataset = "fashion_mnist"
   c.model = "cnn7l"
@@ -54,9 +59,6 @@ def get_config(preset: str = ""):
     c.eval.num_test = 1000
     c.eval.crown_num_test, c.eval.crown_every = 40, 4  # ~5 s per image: last epochs only
     c.prune.pruner, c.prune.rounds, c.prune.rewind_epoch = "imp_nrs", 3, 1
-  elif preset == "smoke":
+  if preset == "smoke":
     smoke(c)
-  elif preset not in ("", "ibp_cpu", "crown_ibp_cpu"):
-    raise ValueError(f"unknown preset {preset!r} for configs/fashion_mnist.py; "
-                     "valid: ibp_cpu, crown_ibp_cpu, imp_nrs_cpu, smoke")
   return c

@@ -414,18 +414,17 @@ def crown_core(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
       bounds[relu.name] = given[relu.name]
     elif t == INPUT:
       bounds[relu.name] = (lower, upper)
-    elif refine == "unstable" and (slopes(t) is None or shared):
-      # Intervals from the bounds found so far; CROWN only where they leave the ReLU unstable.
-      il, iu = ibp(net, lower, upper, bounds)[2][relu.name]
-      l, u = node_bounds(net, t, lower, upper, bounds, shapes, chunk_size, slopes(t), shared,
-                         conv_mode, select=(il < 0) & (iu > 0))
-      l, u = jnp.maximum(l, il), jnp.minimum(u, iu)
-      bounds[relu.name] = (l, u)
     else:
+      limits, select = reference.get(relu.name), None
+      if refine == "unstable" and (slopes(t) is None or shared):
+        # Intervals from the bounds found so far (within IBP's); CROWN only where they leave
+        # the ReLU unstable.
+        limits = ibp(net, lower, upper, bounds)[2][relu.name]
+        select = (limits[0] < 0) & (limits[1] > 0)
       l, u = node_bounds(net, t, lower, upper, bounds, shapes, chunk_size, slopes(t), shared,
-                         conv_mode)
-      if relu.name in reference:
-        l, u = jnp.maximum(l, reference[relu.name][0]), jnp.minimum(u, reference[relu.name][1])
+                         conv_mode, select=select)
+      if limits is not None:
+        l, u = jnp.maximum(l, limits[0]), jnp.minimum(u, limits[1])
       bounds[relu.name] = (l, u)
   out_shape = shapes[net.output]
   s = math.prod(out_shape)
