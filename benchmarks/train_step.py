@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import jax
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune import models
+from jaxprune.runtime import reexec_with_huge_pages
 from jaxprune.train import losses
 from jaxprune.train.config import base_config
 from jaxprune.train.loop import make_train_step
@@ -237,7 +240,18 @@ def timed(fn, steps: int, clock=time.perf_counter) -> float:
   return clock() - t0
 
 
+def fresh_process_rate(framework: str, mode: str, a) -> tuple[float, str]:
+  """(img/s, label) of `a.steps` steps of one framework, run in a new process of this script."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--only", framework, "--modes", mode,
+         "--batch", str(a.batch), "--steps", str(a.steps), "--eps", repr(a.eps)]
+  out = subprocess.run(cmd + (["--cpu-time"] if a.cpu_time else []), capture_output=True,
+                       text=True, check=True).stdout
+  _, rate, label = [l for l in out.splitlines() if l.startswith("RESULT ")][-1].split(" ", 2)
+  return float(rate), label
+
+
 def main():
+  reexec_with_huge_pages()  # as the CLI runs (JAXPRUNE_HUGE_PAGES=0: without); both frameworks
   p = argparse.ArgumentParser()
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)
@@ -245,6 +259,10 @@ def main():
   p.add_argument("--modes", default="standard,ibp,crown_ibp")
   p.add_argument("--repeats", type=int, default=3,
                  help="rounds of `steps` JAX steps then `steps` PyTorch steps; medians reported")
+  p.add_argument("--processes", action="store_true",
+                 help="run every round of each framework in a fresh process, as users run them "
+                      "(in one process, alternating frameworks slows both)")
+  p.add_argument("--only", choices=("jax", "torch"), help=argparse.SUPPRESS)
   p.add_argument("--cpu-time", action="store_true",
                  help="time by this process's CPU time instead of wall time (for a shared machine "
                       "with `taskset -c 0`, one thread each; spinning threads inflate it otherwise)")
@@ -252,28 +270,46 @@ def main():
                  help="print both frameworks' losses on the same weights and batch first")
   a = p.parse_args()
   clock = time.process_time if a.cpu_time else time.perf_counter
+  if a.only == "jax":
+    rate = a.batch * a.steps / timed(jax_step(a.modes, a.batch, a.eps), a.steps, clock)
+    print(f"RESULT {rate} jax {jax.__version__}")
+    return
+  if a.only == "torch":
+    t = torch_step(a.modes, a.batch, a.eps)
+    rate = float("nan") if t is None else a.batch * a.steps / timed(t[0], a.steps, clock)
+    print(f"RESULT {rate} " + ("-" if t is None else f"torch {t[1]}, {t[2]} threads"))
+    return
   print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), {len(os.sched_getaffinity(0))} usable cores, "
         f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"clock={'cpu' if a.cpu_time else 'wall'}")
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
+        f"clock={'cpu' if a.cpu_time else 'wall'}, "
+        f"{'a fresh process per round' if a.processes else 'one process'}")
   if a.check:
     for mode in a.modes.split(","):
       print(check(mode, a.batch, a.eps))
   print("| mode | jaxprune img/s | PyTorch img/s | ratio |\n|---|---|---|---|")
   for mode in a.modes.split(","):
-    # Interleaved rounds, so that both frameworks see the same load on a shared machine.
-    jstep, t = jax_step(mode, a.batch, a.eps), torch_step(mode, a.batch, a.eps)
-    js, ts, ratios = [], [], []
+    # Alternating rounds, so that both frameworks see the same load on a shared machine.
+    if a.processes:
+      jax_rate = lambda: fresh_process_rate("jax", mode, a)[0]
+      torch_rate = lambda: fresh_process_rate("torch", mode, a)
+    else:
+      jstep, t = jax_step(mode, a.batch, a.eps), torch_step(mode, a.batch, a.eps)
+      jax_rate = lambda: a.batch * a.steps / timed(jstep, a.steps, clock)
+      torch_rate = lambda: (float("nan"), "-") if t is None else (
+          a.batch * a.steps / timed(t[0], a.steps, clock), f"torch {t[1]}, {t[2]} threads")
+    js, ts = [], []
     for _ in range(a.repeats):
-      js.append(a.batch * a.steps / timed(jstep, a.steps, clock))
-      if t is not None:
-        ts.append(a.batch * a.steps / timed(t[0], a.steps, clock))
-        ratios.append(js[-1] / ts[-1])
+      js.append(jax_rate())
+      rate, label = torch_rate()
+      ts.append(rate)
     j = float(np.median(js))
-    if t is None:
+    if np.isnan(ts).any():
       print(f"| {mode} | {j:.1f} | (torch not installed) | - |")
     else:
-      print(f"| {mode} | {j:.1f} | {np.median(ts):.1f} (torch {t[1]}, {t[2]} threads) | "
+      ratios = np.array(js) / np.array(ts)
+      print(f"| {mode} | {j:.1f} | {np.median(ts):.1f} ({label}) | "
             f"{np.median(ratios):.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)}) |")
 
 

@@ -13,11 +13,14 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxprune.runtime import reexec_with_huge_pages
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def run(dataset_config: str) -> None:
   """Parse flags with `configs/<dataset_config>.py` as the default config and run."""
+  reexec_with_huge_pages()
   default = CONFIG_DIR / f"{dataset_config}.py"
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.jsonl.")
   flags.DEFINE_string("pruner", None, "Run iterative pruning with this pruner (overrides "
