@@ -487,6 +487,29 @@ def test_alpha_crown_gradient():
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("specs", [1, 3])
+def test_relu_relaxation_vjp_matches_autodiff(specs):
+  """CROWN's relaxation (hand-written VJP) has the values and gradients of JAX's autodiff of
+  the same relaxation written with an explicit slope, ties at 0 included (a, l, u exactly 0,
+  l = u = 0), with bounds broadcast over the spec axis."""
+  from jaxprune.bounds.crown import relu_transpose
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.PRNGKey(2), 5)
+    a = jax.random.normal(k[0], (2, specs, 4, 4, 3), jnp.float64).at[:, :, 0].set(0.0)
+    l = jax.random.normal(k[1], (2, 1, 4, 4, 3), jnp.float64)
+    u = l + jnp.abs(jax.random.normal(k[2], l.shape, jnp.float64))
+    l, u = l.at[:, :, 1, 0].set(0.0), u.at[:, :, 1, 1].set(0.0).at[:, :, 1, 2].set(0.0)
+    l = l.at[:, :, 1, 1].set(-1.0).at[:, :, 1, 2].set(0.0)
+    g = (jax.random.normal(k[3], a.shape, jnp.float64),
+         jax.random.normal(k[4], (2, specs), jnp.float64))
+    crown_slope = lambda l, u: jax.lax.stop_gradient((u + l > 0).astype(l.dtype))
+    explicit = lambda a, l, u: relu_transpose(a, l, u, jnp.broadcast_to(crown_slope(l, u), a.shape))
+    for f_out, r_out in zip(relu_transpose(a, l, u), explicit(a, l, u)):
+      np.testing.assert_array_equal(f_out, r_out)
+    for f_g, r_g in zip(jax.vjp(relu_transpose, a, l, u)[1](g), jax.vjp(explicit, a, l, u)[1](g)):
+      np.testing.assert_allclose(f_g, r_g, rtol=1e-12, atol=1e-12)
+
+
 def test_conv_transpose_gradient():
   """The custom VJP of the conv transpose (both cotangents as ordinary convs) against finite
   differences, on a strided padded conv in float64."""
