@@ -1,7 +1,7 @@
 """Train-step throughput: jaxprune vs an equivalent PyTorch step (when torch is installed).
 
     python benchmarks/train_step.py [--batch 128] [--steps 10]
-        [--modes standard,ibp,crown_ibp] [--repeats 3] [--cpu-time] [--check]
+        [--modes standard,ibp,crown_ibp] [--repeats 3] [--processes] [--cpu-time] [--check]
 
 CNN-7L on CIFAR shapes (32x32x3), Adam, eps 2/255 (CROWN-IBP: eps 1/255 of
 eps_max 2/255, mid-ramp, so its CROWN pass runs). Compile time is excluded
@@ -11,7 +11,10 @@ clean batch's statistics and the margin specification folded into the last
 layer; for CROWN-IBP also the loss-fusion CROWN pass (exp's chord on the
 margins' IBP intervals, one backward pass with conv_transpose2d); then
 backward and Adam. `--check` first prints both frameworks' losses on the same
-weights and batch, to show the two steps compute the same thing.
+weights and batch, to show the two steps compute the same thing. Like the
+CLI, the script runs with glibc's huge-page tunable (`jaxprune.runtime`;
+JAXPRUNE_HUGE_PAGES=0: without); `--processes` measures every round of each
+framework in a fresh process.
 """
 from __future__ import annotations
 
