@@ -1,4 +1,4 @@
-"""Bound methods on CNN-7L: time and peak memory (issue 3).
+"""Bound methods on CNN-7L: time and peak memory.
 
     python benchmarks/bounds.py [--inputs 200] [--slow-inputs 2] [--repeats 3]
         [--slow-repeats 1] [--rows "CROWN;alpha-CROWN, 20 it."]
@@ -27,7 +27,11 @@ import subprocess
 import sys
 import time
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+from jaxprune import runtime
+from jaxprune.data import CIFAR10_MEAN, CIFAR10_SHAPE, CIFAR10_STD, NUM_CLASSES
+
+runtime.configure()  # first: JAX is imported by the workers only
+
 EPS = 2 / 255
 # (row label, method, options, runs on the slow subset)
 ROWS = [("IBP", "ibp", {}, False),
@@ -53,12 +57,12 @@ def worker(method: str, options: dict, inputs: int, repeats: int) -> dict:
 
   model = models.create("cnn7l")
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((inputs, 32, 32, 3), np.float32))
-  labels = jnp.asarray(rng.integers(0, 10, inputs))
+  x = jnp.asarray(rng.random((inputs, *CIFAR10_SHAPE), np.float32))
+  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, inputs))
   variables = model.init(jax.random.PRNGKey(0), x[:1])
   net = bounds.from_model(model, variables, bn="eval")
-  xl, xu = bounds.input_box(x, EPS, jnp.array(MEAN), jnp.array(STD))
-  C = bounds.margin_matrix(labels, 10)
+  xl, xu = bounds.input_box(x, EPS, jnp.array(CIFAR10_MEAN), jnp.array(CIFAR10_STD))
+  C = bounds.margin_matrix(labels, NUM_CLASSES)
   fn = jax.jit(functools.partial(bounds.compute_bounds, method=method, **options))
   before = rss_mb()
   start = time.perf_counter()
@@ -70,7 +74,7 @@ def worker(method: str, options: dict, inputs: int, repeats: int) -> dict:
     lower, _ = jax.block_until_ready(fn(net, xl, xu, C))
     times.append(time.perf_counter() - start)
     cpu.append(time.process_time() - start_cpu)
-  others = np.arange(10)[None, :] != np.asarray(labels)[:, None]
+  others = np.arange(NUM_CLASSES)[None, :] != np.asarray(labels)[:, None]
   median = float(np.median(times))
   return {"inputs": inputs, "repeats": repeats, "compile_s": compile_s, "median_s": median,
           "per_input_s": median / inputs, "cpu_per_input_s": float(np.median(cpu)) / inputs,

@@ -14,20 +14,17 @@ bounds, and the fraction of (image, intermediate neuron) pairs refined.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
+from jaxprune import runtime
 
-from jaxprune import bounds, data
-from jaxprune.prune.driver import round_dir
-from jaxprune.train.checkpoint import Checkpoints
-from jaxprune.train.loop import make_context
-from jaxprune.train.state import init_state, make_optimizer
+runtime.configure()  # first: XLA reads its flags when JAX starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxprune import bounds, data, runs  # noqa: E402
 
 
 def main():
@@ -37,22 +34,15 @@ def main():
   parser.add_argument("--inputs", type=int, default=20)
   parser.add_argument("--data-dir", default=None)
   args = parser.parse_args()
-  with open(os.path.join(args.run, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = runs.load_config(args.run)
   ds = data.load(config.dataset, data_dir=args.data_dir or config.data_dir or None)
-  ctx = make_context(config, ds)
-  like = init_state(ctx.model, ds.input_shape, make_optimizer(config.train, 1), config.seed)
   x, y = data.first_n_test(ds, args.inputs)
-  xl, xu = bounds.input_box(jnp.asarray(x), config.train.eps, ctx.mean, ctx.std)
+  xl, xu = bounds.input_box(jnp.asarray(x), config.train.eps, ds.mean, ds.std)
   C = bounds.margin_matrix(jnp.asarray(y), ds.num_classes)
   print(f"# {args.run}, {args.inputs} test images, eps {config.train.eps}, {jax.devices()[0]}")
   for r in [int(v) for v in args.rounds.split(",")]:
-    ckpts = Checkpoints(os.path.join(round_dir(args.run, r), "checkpoints"))
-    state, _ = ckpts.restore("last", like)
-    ckpts.close()
-    net = bounds.from_layers(ctx.model.layers, {"params": state.params,
-                                                "batch_stats": state.batch_stats},
-                             state.masks, bn="eval")
+    model, variables, _, _ = runs.restore(args.run, r, "last")  # masks applied
+    net = bounds.from_model(model, variables, bn="eval")
     out = {}
     for refine in ("all", "unstable"):
       f = jax.jit(lambda xl, xu, refine=refine: bounds.compute_bounds(
@@ -68,7 +58,7 @@ def main():
     rb, names = out["unstable"][3], [n.name for n in net.relu_nodes()]
     refined = total = 0
     for i, name in enumerate(names):
-      l, u = bounds.ibp(net, xl, xu, {n: rb[n] for n in names[:i]})[2][name]
+      l, u = bounds.ibp(net, xl, xu, relu_bounds={n: rb[n] for n in names[:i]})[2][name]
       refined += int(((l < 0) & (u > 0)).sum())
       total += int(l.size)
     (ta, ca, la, _), (tu, cu, lu, _) = out["all"], out["unstable"]

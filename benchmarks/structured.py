@@ -1,4 +1,4 @@
-"""Structured (channel) sparsity vs CROWN cost on CNN-7L (issue 4; the paper's Figure 4 trend).
+"""Structured (channel) sparsity vs CROWN cost on CNN-7L (the paper's Figure 4 trend).
 
     python benchmarks/structured.py [--levels 1,0.8,0.6,0.4,0.25] [--inputs 1] [--repeats 2]
         [--max-run-s 30] [--methods crown[,crown_ibp,ibp]] [--chunk-size N] [--check-level 0.6]
@@ -46,7 +46,11 @@ import subprocess
 import sys
 import time
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+from jaxprune import runtime
+from jaxprune.data import CIFAR10_MEAN, CIFAR10_SHAPE, CIFAR10_STD, NUM_CLASSES
+
+runtime.configure()  # first: JAX is imported by the workers only
+
 EPS = 2 / 255
 TOL = 1e-4
 MIN_TIME_S = 1.0  # fast methods repeat until this much time is spent (50 runs at most)
@@ -78,7 +82,7 @@ def build(level: float):
   from jaxprune import models, prune
 
   model = models.create("cnn7l")
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *CIFAR10_SHAPE)))
   rng = np.random.default_rng(0)
   params = {k: dict(v) for k, v in variables["params"].items()}
   for name in sorted(params):
@@ -102,10 +106,10 @@ def inputs_box(n: int):
   from jaxprune import bounds
 
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((n, 32, 32, 3), np.float32))
-  labels = jnp.asarray(rng.integers(0, 10, n))
-  xl, xu = bounds.input_box(x, EPS, jnp.array(MEAN), jnp.array(STD))
-  return xl, xu, bounds.margin_matrix(labels, 10), labels
+  x = jnp.asarray(rng.random((n, *CIFAR10_SHAPE), np.float32))
+  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, n))
+  xl, xu = bounds.input_box(x, EPS, jnp.array(CIFAR10_MEAN), jnp.array(CIFAR10_STD))
+  return xl, xu, bounds.margin_matrix(labels, NUM_CLASSES), labels
 
 
 def time_method(compiled, net, xl, xu, C, repeats: int, max_run_s: float = float("inf")) -> dict:

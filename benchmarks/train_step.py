@@ -12,9 +12,10 @@ layer; for CROWN-IBP also the loss-fusion CROWN pass (exp's chord on the
 margins' IBP intervals, one backward pass with conv_transpose2d); then
 backward and Adam. `--check` first prints both frameworks' losses on the same
 weights and batch, to show the two steps compute the same thing. Like the
-CLI, the script runs with glibc's huge-page tunable (`jaxprune.runtime`;
-JAXPRUNE_HUGE_PAGES=0: without); `--processes` measures every round of each
-framework in a fresh process.
+CLI, the script starts with `jaxprune.runtime.configure()` (Eigen convolutions,
+JAXPRUNE_XLA_DEFAULTS=0: XLA's default; glibc's huge-page tunable for both
+frameworks, JAXPRUNE_HUGE_PAGES=0: without); `--processes` measures every
+round of each framework in a fresh process.
 """
 from __future__ import annotations
 
@@ -25,18 +26,26 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from jaxprune import runtime
 
-from jaxprune import models
-from jaxprune.runtime import reexec_with_huge_pages
-from jaxprune.train import losses
-from jaxprune.train.config import base_config
-from jaxprune.train.loop import make_train_step
-from jaxprune.train.state import init_state, make_optimizer
+runtime.configure()  # first: XLA reads its flags when JAX starts
 
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxprune import models  # noqa: E402
+from jaxprune.config import base_config  # noqa: E402
+from jaxprune.data import CIFAR10_MEAN, CIFAR10_SHAPE, CIFAR10_STD, NUM_CLASSES  # noqa: E402
+from jaxprune.registry import lookup  # noqa: E402
+from jaxprune.train import losses  # noqa: E402
+from jaxprune.train.loop import make_train_step  # noqa: E402
+from jaxprune.train.state import init_state, make_optimizer  # noqa: E402
+
+
+def jax_loss(mode: str):
+  """jaxprune's loss function of a training mode."""
+  return lookup(losses.LOSSES, mode, "training mode")
 
 
 def mid_ramp(mode: str, eps: float) -> tuple[float, float]:
@@ -50,14 +59,14 @@ def jax_setup(mode: str, batch: int, eps: float):
   cfg.mode = mode
   model = models.create("cnn7l")
   eps, eps_max = mid_ramp(mode, eps)
-  ctx = losses.Context(model=model, mean=MEAN, std=STD, num_classes=10, eps_max=eps_max,
-                       bound_method=losses.BOUND_METHOD.get(mode, "ibp"))
+  ctx = losses.Context(model=model, mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=NUM_CLASSES,
+                       eps_max=eps_max, bound_method=losses.BOUND_METHOD.get(mode, "ibp"))
   tx = make_optimizer(cfg, 100)
-  state = init_state(model, (32, 32, 3), tx, 0)
-  step = make_train_step(ctx, losses.LOSSES[mode], tx)
+  state = init_state(model, CIFAR10_SHAPE, tx, 0)
+  step = make_train_step(ctx, jax_loss(mode), tx)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.random((batch, 32, 32, 3), np.float32))
-  y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+  x = jnp.asarray(rng.random((batch, *CIFAR10_SHAPE), np.float32))
+  y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
   return ctx, state, step, x, y, jnp.float32(eps), jnp.float32(0.5)
 
 
@@ -105,10 +114,10 @@ def torch_loss(mode: str, eps: float, params=None):
       fc1.bias.copy_(t(params["fc1"]["bias"]))
       fc2.weight.copy_(t(params["fc2"]["kernel"]).T)
       fc2.bias.copy_(t(params["fc2"]["bias"]))
-  mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(STD).view(1, 3, 1, 1)
+  mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+  std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
   eps, eps_max = mid_ramp(mode, eps)
-  beta = (eps_max - eps) / eps_max  # CROWN-IBP weight
+  crown_weight = (eps_max - eps) / eps_max
 
   def relax(a, l, u):
     """CROWN's ReLU relaxation of coefficients a (as jaxprune's `relu_transpose`)."""
@@ -145,7 +154,7 @@ def torch_loss(mode: str, eps: float, params=None):
       a = F.conv_transpose2d(a, conv.weight, stride=conv.stride, padding=conv.padding)
     neg = const + (a * x_c).flatten(1).sum(1) - (a.abs() * x_r).flatten(1).sum(1)
     crown_sum = (intercept - slope * shift[:, None]).sum(1) - neg
-    total = beta * crown_sum + (1 - beta) * up.exp().sum(1)
+    total = crown_weight * crown_sum + (1 - crown_weight) * up.exp().sum(1)
     return (total.log() + shift).mean()
 
   def loss_fn(x, y):
@@ -225,8 +234,8 @@ def check(mode: str, batch: int, eps: float) -> str:
   out = []
   for e_check in (eps, eps / 100):
     ctx, state, _, x, y, e, kappa = jax_setup(mode, batch, e_check)
-    loss, _ = losses.LOSSES[mode](ctx, state.params, state.batch_stats, state.masks, (x, y), e,
-                                  kappa, jax.random.PRNGKey(0))
+    loss, _ = jax_loss(mode)(ctx, state.params, state.batch_stats, state.masks, (x, y), e,
+                             kappa, jax.random.PRNGKey(0))
     loss_fn, _ = torch_loss(mode, e_check, state.params)
     with torch.no_grad():
       ref = loss_fn(torch.tensor(np.asarray(x)).permute(0, 3, 1, 2),
@@ -254,7 +263,6 @@ def fresh_process_rate(framework: str, mode: str, a) -> tuple[float, str]:
 
 
 def main():
-  reexec_with_huge_pages()  # as the CLI runs (JAXPRUNE_HUGE_PAGES=0: without); both frameworks
   p = argparse.ArgumentParser()
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)

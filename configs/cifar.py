@@ -7,7 +7,12 @@ Full run: 200 epochs (days on a 2-core CPU; hours on one GPU). `smoke`: one
 short epoch on 512 images, about a minute on a CPU. Needs the CIFAR10 files
 (`cifar-10-python.tar.gz`) in --config.data_dir or $JAXPRUNE_DATA.
 """
-from jaxprune.train.config import base_config, smoke
+from jaxprune.config import base_config, smoke
+
+PRESETS = {
+    "eps8": "eps 8/255 for 300 epochs (the paper's Table 3)",
+    "smoke": "one short epoch on 512 images",
+}
 
 
 def get_config(preset: str = ""):
@@ -22,5 +27,5 @@ def get_config(preset: str = ""):
   elif preset == "smoke":
     smoke(c)
   elif preset:
-    raise ValueError(f"unknown preset {preset!r} for configs/cifar.py; valid: eps8, smoke")
+    raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
   return c

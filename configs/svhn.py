@@ -7,7 +7,9 @@ Full run: 200 epochs (hours on one GPU). `smoke`: one short epoch on 512
 images, about a minute on a CPU. Needs `train_32x32.mat` and `test_32x32.mat`
 in --config.data_dir or $JAXPRUNE_DATA.
 """
-from jaxprune.train.config import base_config, smoke
+from jaxprune.config import base_config, smoke
+
+PRESETS = {"smoke": "one short epoch on 512 images"}
 
 
 def get_config(preset: str = ""):
@@ -20,5 +22,5 @@ def get_config(preset: str = ""):
   if preset == "smoke":
     smoke(c)
   elif preset:
-    raise ValueError(f"unknown preset {preset!r} for configs/svhn.py; valid: smoke")
+    raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
   return c

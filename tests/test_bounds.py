@@ -18,6 +18,7 @@ from jaxprune import bounds, models
 from jaxprune.bounds import Net, Node
 from jaxprune.bounds import alpha as alpha_lib
 from jaxprune.bounds.crown import conv_transpose, crown_core, node_shapes, window_plan
+from trees import assert_trees_close, tree_vdot
 
 INPUT_SHAPES = {"mlp_tiny": (6,), "cnn_tiny": (8, 8, 2), "resnet_tiny": (8, 8, 3)}
 # alpha-CROWN's slope layouts, one per model to bound compile time.
@@ -220,9 +221,8 @@ def test_patches_equal_matrices():
   shapes = node_shapes(net, xl)
   assert all(window_plan(net, r.inputs[0], shapes) for r in net.relu_nodes())
   patches = bound_fn("crown", (("chunk_size", 7),))(net, xl, xu, C)
-  for p, m in zip(jax.tree.leaves(patches),
-                  jax.tree.leaves(bound_fn("crown", (("conv_mode", "matrix"),))(net, xl, xu, C))):
-    np.testing.assert_allclose(p, m, rtol=1e-5, atol=1e-5)
+  assert_trees_close(patches, bound_fn("crown", (("conv_mode", "matrix"),))(net, xl, xu, C),
+                     rtol=1e-5, atol=1e-5)
 
   # Given slopes (random, one set per node and side) are read the same way by both.
   @functools.partial(jit, static_argnums=0)
@@ -233,8 +233,7 @@ def test_patches_equal_matrices():
                                        for i, v in enumerate(leaves)])
     return crown_core(net, xl, xu, conv_mode=mode, alphas=alphas, shared=True)
 
-  for p, m in zip(jax.tree.leaves(with_alphas("patches")), jax.tree.leaves(with_alphas("matrix"))):
-    np.testing.assert_allclose(p, m, rtol=1e-5, atol=1e-5)
+  assert_trees_close(with_alphas("patches"), with_alphas("matrix"), rtol=1e-5, atol=1e-5)
 
 
 def hand_net():
@@ -453,8 +452,7 @@ def test_chunks_do_not_change_bounds():
   """CROWN in chunks of 3 neurons (the last one padded) equals the one-chunk run."""
   net, xl, xu, C = random_problem("mlp_tiny", 31, 0.1, 0.8)
   chunked = bound_fn("crown", (("chunk_size", 3),))(net, xl, xu, C)
-  for c, w in zip(jax.tree.leaves(chunked), jax.tree.leaves(bound_fn("crown")(net, xl, xu, C))):
-    np.testing.assert_allclose(c, w, atol=1e-5)
+  assert_trees_close(chunked, bound_fn("crown")(net, xl, xu, C), atol=1e-5)
 
 
 def test_lower_only_matches():
@@ -483,8 +481,7 @@ def test_alpha_crown_gradient():
 
   crown_g, alpha0_g, alpha_g = grads(net)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(alpha_g))
-  for a, c in zip(jax.tree.leaves(alpha0_g), jax.tree.leaves(crown_g)):
-    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+  assert_trees_close(alpha0_g, crown_g, rtol=1e-5, atol=1e-5)
 
 
 def relu_relaxation_autodiff(a, l, u):
@@ -532,11 +529,12 @@ def test_conv_transpose_gradient():
 
 
 @pytest.mark.parametrize("hw,kernel,stride,padding", [(16, 4, 2, 1), (8, 4, 2, 1), (8, 3, 1, 1)])
-def test_conv_transpose_fast_paths_match_lax(hw, kernel, stride, padding):
+def test_conv_transpose_fast_paths_match_lax(hw, kernel, stride, padding, monkeypatch):
   """Space-to-depth transposes and kernel-operand weight gradients equal XLA's own."""
-  from jaxprune.models import spec
-  assert spec._fast_s2d((2, hw, hw, 3), jnp.zeros((kernel, kernel, 3, 5)), (stride,) * 2,
-                        ((padding,) * 2,) * 2) == (hw == 16)  # the fast path is exercised
+  from jaxprune import ops, runtime
+  monkeypatch.setenv("XLA_FLAGS", runtime.XLA_CPU_DEFAULTS)  # the fast paths, whatever XLA runs
+  assert ops._fast_s2d((2, hw, hw, 3), jnp.zeros((kernel, kernel, 3, 5)), (stride,) * 2,
+                       ((padding,) * 2,) * 2) == (hw == 16)  # the fast path is exercised
   with jax.enable_x64(True):
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     out = (hw + 2 * padding - kernel) // stride + 1
@@ -580,8 +578,7 @@ def test_gradient_matches_finite_differences(model, method):
     at = lambda s: loss(jax.tree.map(lambda p, d: p + s * d, params, direction), variables, masks,
                         x, C)
     grad = jax.grad(loss)(params, variables, masks, x, C)
-    analytic = sum(jnp.vdot(g, d)
-                   for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
+    analytic = tree_vdot(grad, direction)
     step = 1e-6
     return grad, analytic, (at(step) - at(-step)) / (2 * step)
 
@@ -589,3 +586,52 @@ def test_gradient_matches_finite_differences(model, method):
     grad, analytic, fd = check(variables, masks)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
   np.testing.assert_allclose(analytic, fd, rtol=1e-5, atol=1e-7)
+
+
+def tail_net(tail):
+  """A net whose last node is not dense, as ONNX imports produce, and its input shape:
+  dense-relu-dense-relu ("relu"), or conv-relu-avgpool-flatten ("flatten")."""
+  k = jax.random.split(jax.random.PRNGKey(41), 4)
+  if tail == "relu":
+    nodes = (Node(op="dense", name="fc1", inputs=(models.INPUT,),
+                  w=jax.random.normal(k[0], (6, 8)) / 2, b=0.3 * jax.random.normal(k[1], (8,))),
+             Node(op="relu", name="r1", inputs=("fc1",)),
+             Node(op="dense", name="fc2", inputs=("r1",),
+                  w=jax.random.normal(k[2], (8, 5)) / 2, b=0.3 * jax.random.normal(k[3], (5,))),
+             Node(op="relu", name="r2", inputs=("fc2",)))
+    return Net(nodes=nodes), (6,)
+  nodes = (Node(op="conv", name="c1", inputs=(models.INPUT,), padding=1, kernel=3,
+                w=jax.random.normal(k[0], (3, 3, 2, 3)) / 3, b=0.3 * jax.random.normal(k[1], (3,))),
+           Node(op="relu", name="r1", inputs=("c1",)),
+           Node(op="avgpool", name="pool", inputs=("r1",), kernel=2),
+           Node(op="flatten", name="flatten", inputs=("pool",)))
+  return Net(nodes=nodes), (8, 8, 2)
+
+
+@pytest.mark.parametrize("tail", ["relu", "flatten"])
+def test_fold_spec_on_a_net_not_ending_in_dense(tail):
+  """fold_spec appends a bias-free dense node holding C: the folded net computes C f(x); on a
+  point box every method bounds it exactly, on a wider box its bounds contain C f(x) at 10^4
+  sampled points."""
+  net, shape = tail_net(tail)
+  x = jax.random.normal(jax.random.PRNGKey(42), (BATCH,) + shape)
+  f = bounds.forward(net, x)
+  C = jax.random.normal(jax.random.PRNGKey(43), (BATCH, 3, f.shape[-1]))
+  folded = bounds.fold_spec(net, C)
+  assert [n.name for n in folded.nodes] == [n.name for n in net.nodes] + ["spec"]
+  spec = folded.node("spec")
+  assert spec.op == "dense" and spec.inputs == (net.output,) and spec.b is None
+  want = jnp.einsum("bsk,bk->bs", C, f)
+  assert np.all(np.abs(want) > 1e-3)  # a nontrivial spec value to match
+  np.testing.assert_allclose(bounds.forward(folded, x), want, rtol=1e-5, atol=1e-5)
+
+  xl, xu = x - 0.3, x + 0.3
+  ys, _ = sample_values(net, xl, xu, C, jax.random.PRNGKey(44))
+  tol = 1e-5 * (1 + float(jnp.abs(ys).max()))
+  for method in ("ibp", "crown_ibp", "crown"):
+    lo, hi, _ = bound_fn(method)(folded, x, x, None)
+    np.testing.assert_allclose(lo, want, rtol=1e-5, atol=1e-5, err_msg=method)
+    np.testing.assert_allclose(hi, want, rtol=1e-5, atol=1e-5, err_msg=method)
+    lo, hi, _ = bound_fn(method)(folded, xl, xu, None)
+    assert np.all(np.asarray(lo) <= ys.min(0) + tol), (method, float((lo - ys.min(0)).max()))
+    assert np.all(np.asarray(hi) >= ys.max(0) - tol), (method, float((ys.max(0) - hi).max()))

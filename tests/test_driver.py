@@ -1,5 +1,4 @@
 """The iterative pruning driver: every pruner end to end, rewinding, modes, kill -9, CLI errors."""
-import importlib.util
 import json
 import math
 import signal
@@ -12,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprune import data, prune
+from jaxprune import config as config_lib
+from jaxprune import data, prune, runs
 from jaxprune.prune import driver
 from jaxprune.train import ConfigError, make_context
 
@@ -26,10 +26,7 @@ TINY = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.lr_milestones": (1
 
 
 def load_config(preset="prune_smoke", **overrides):
-  spec = importlib.util.spec_from_file_location("cfg_digits", REPO / "configs" / "digits.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(preset)
+  c = config_lib.load(f"digits:{preset}")
   for k, v in {**TINY, **overrides}.items():
     section, key = k.split(".")
     c[section][key] = v
@@ -42,7 +39,7 @@ def final_state(config, workdir, r):
   ds = data.load(config.dataset)
   ctx = make_context(config, ds)
   like = driver.initial_state(config, ctx, ds, prune.get(config.prune.pruner))
-  return driver.restore_last(driver.round_dir(workdir, r), like)
+  return runs.restore_state(runs.round_dir(workdir, r), "last", like)[0]
 
 
 def flat(tree):
@@ -58,11 +55,6 @@ def assert_same(a, b):
     np.testing.assert_array_equal(a[path], b[path], err_msg=path)
 
 
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 # --- every pruner, two rounds --------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(prune.PRUNERS))
@@ -72,10 +64,10 @@ def test_two_rounds_of_every_pruner(tmp_path, name):
   pruner = prune.get(name)
 
   assert [r["round"] for r in rows] == [0, 1]
-  assert read_jsonl(tmp_path / "summary.jsonl") == rows
+  assert runs.read_jsonl(tmp_path / "summary.jsonl") == rows
   for r in (0, 1):
     d = tmp_path / f"round_{r:02d}"
-    for f in ("masks.npz", "metrics.jsonl", "summary.json", "checkpoints/last/0"):
+    for f in ("masks.npz", "metrics.jsonl", "summary.json", "checkpoints/last/1"):
       assert (d / f).exists(), f
   assert (tmp_path / "rewind" / "state.npz").exists()
   for row in rows:
@@ -84,7 +76,7 @@ def test_two_rounds_of_every_pruner(tmp_path, name):
         assert math.isfinite(v), (k, v)
     assert 0 <= row["test_ibp_verified_acc"] <= row["test_clean_acc"] <= 1
 
-  masks = driver.load_tree(str(tmp_path / "round_01" / "masks.npz"))
+  masks = runs.load_tree(str(tmp_path / "round_01" / "masks.npz"))
   assert rows[0]["remain_ratio"] == 1.0
   if pruner.kind == "none":
     assert rows[1]["remain_ratio"] == 1.0
@@ -108,7 +100,7 @@ def test_two_rounds_of_every_pruner(tmp_path, name):
   for field, weight in pruner.train_weights().items():
     assert saved[field] == weight
   if extra:
-    assert all(extra in row for row in read_jsonl(tmp_path / "round_01" / "metrics.jsonl"))
+    assert all(extra in row for row in runs.read_jsonl(tmp_path / "round_01" / "metrics.jsonl"))
 
 
 # --- round starts: rewind, finetune, one-shot ----------------------------------------------
@@ -136,14 +128,14 @@ def test_rewind_restores_saved_weights_bit_for_bit(tmp_path, monkeypatch):
   starts, epochs = spy_on_fit(monkeypatch)
   driver.run(config, str(tmp_path))
 
-  rewind = driver.load_tree(str(tmp_path / "rewind" / "state.npz"))
-  [after_epoch_1] = [p for w, e, p in epochs if w.endswith("round_00") and e == 0]
+  rewind = runs.load_tree(str(tmp_path / "rewind" / "state.npz"))
+  [after_epoch_1] = [p for w, e, p in epochs if w.endswith("round_00") and e == 1]
   assert_same(rewind["params"], after_epoch_1)
   assert not np.array_equal(flat(rewind["params"])["conv1/kernel"],
                             flat(starts[0].params)["conv1/kernel"])  # it trained first
 
   start, masks = starts[1], flat(starts[1].masks)
-  assert_same(masks, driver.load_tree(str(tmp_path / "round_01" / "masks.npz")))
+  assert_same(masks, runs.load_tree(str(tmp_path / "round_01" / "masks.npz")))
   for path, w in flat(rewind["params"]).items():
     expected = w * masks[path] if path in masks else w
     np.testing.assert_array_equal(flat(start.params)[path], expected)
@@ -169,11 +161,25 @@ def test_finetune_continues_from_the_pruned_final_weights(tmp_path, monkeypatch)
   assert int(start.step) == int(before.step) == 4
   assert_same(start.opt_state, before.opt_state)  # Adam moments kept
   assert not (tmp_path / "rewind").exists()
-  first, second = (read_jsonl(tmp_path / f"round_0{r}" / "metrics.jsonl") for r in (0, 1))
+  first, second = (runs.read_jsonl(tmp_path / f"round_0{r}" / "metrics.jsonl") for r in (0, 1))
   assert first[0]["eps"] == 0 and first[0]["lr"] == pytest.approx(config.train.lr)
   # Round 1 goes on at round 0's final lr and the full eps: no lr or eps reset.
   assert [r["lr"] for r in second] == [pytest.approx(config.train.lr * config.train.lr_decay)] * 2
   assert [r["eps"] for r in second] == [config.train.eps] * 2
+
+
+def test_restore_gives_each_rounds_masked_network(tmp_path):
+  config = load_config(**{"prune.pruner": "imp"})
+  driver.run(config, str(tmp_path))
+  assert runs.list_rounds(str(tmp_path)) == [0, 1]
+  model, variables, masks, saved = runs.restore(str(tmp_path), round=1, slot="last")
+  assert saved.prune.pruner == "imp" and saved.prune.rate == 0.2
+  assert_same(masks, runs.load_tree(str(tmp_path / "round_01" / "masks.npz")))
+  assert_same(variables["params"], final_state(config, str(tmp_path), 1).params)
+  assert prune.remaining_fraction(masks) == pytest.approx(0.8, abs=1 / CONV_WEIGHTS)
+  assert_same(runs.restore(str(tmp_path), slot="last")[2], masks)  # default: the last round
+  with pytest.raises(runs.RunError, match="round 5 is not finished; finished rounds: \\[0, 1\\]"):
+    runs.restore(str(tmp_path), round=5)
 
 
 def test_one_shot_prunes_the_final_sparsity_at_once(tmp_path):
@@ -201,7 +207,7 @@ def test_killed_run_resumes_to_identical_masks_and_metrics(tmp_path):
        "--config=configs/digits.py:prune_smoke", "--pruner=tp", *args],
       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
-  while not (killed / "round_01" / "checkpoints" / "last" / "0").is_dir():
+  while not (killed / "round_01" / "checkpoints" / "last" / "1").is_dir():
     assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
@@ -210,10 +216,10 @@ def test_killed_run_resumes_to_identical_masks_and_metrics(tmp_path):
   driver.run(config, str(killed))  # the same command, run again
 
   strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_time_s")} for r in rows]
-  assert strip(read_jsonl(killed / "summary.jsonl")) == strip(read_jsonl(ref / "summary.jsonl"))
+  assert strip(runs.read_jsonl(killed / "summary.jsonl")) == strip(runs.read_jsonl(ref / "summary.jsonl"))
   for r in range(3):
-    assert_same(driver.load_tree(str(ref / f"round_{r:02d}" / "masks.npz")),
-                driver.load_tree(str(killed / f"round_{r:02d}" / "masks.npz")))
+    assert_same(runs.load_tree(str(ref / f"round_{r:02d}" / "masks.npz")),
+                runs.load_tree(str(killed / f"round_{r:02d}" / "masks.npz")))
   assert_same(final_state(config, str(ref), 2), final_state(config, str(killed), 2))
 
 
@@ -225,15 +231,14 @@ def test_unknown_pruner_on_the_command_line_lists_valid_ones(tmp_path):
       [sys.executable, "-m", "jaxprune.experiments.digits", f"--workdir={workdir}",
        "--pruner=magnitude"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
-  assert "prune.pruner 'magnitude' is unknown" in out.stderr
-  assert str(sorted(prune.PRUNERS)) in out.stderr
+  assert "unknown pruner 'magnitude'; valid: " + ", ".join(sorted(prune.PRUNERS)) in out.stderr
   assert not workdir.exists()
 
 
 @pytest.mark.parametrize("overrides,message", [
     ({"prune.rate": 1.0}, "prune.rate must lie in (0, 1)"),
     ({"prune.rounds": 0}, "prune.rounds must be >= 1"),
-    ({"prune.mode": "lottery"}, "prune.mode 'lottery' is unknown"),
+    ({"prune.mode": "lottery"}, "unknown prune.mode 'lottery'"),
     ({"prune.rewind_epoch": 1}, "prune.rewind_epoch (1) must be < train.epochs (1)"),
     ({"prune.pruner": "slim", "prune.include_dense": True}, "unstructured pruners only"),
 ])

@@ -9,6 +9,7 @@ import pytest
 from jaxprune import bounds, models
 from jaxprune.bounds.fusion import chord, fused_ce_bound
 from jaxprune.train import losses
+from trees import assert_trees_close, tree_vdot
 
 
 def setup(name="cnn_tiny", batch=4, seed=0):
@@ -90,8 +91,7 @@ def test_gradient_of_crown_ibp_nrs_loss_matches_finite_differences():
     h = 1e-6  # float64; 1e-5 already crosses a ReLU-stability kink on this draw
     shift = lambda s: jax.tree_util.tree_map(lambda p, q: p + s * q, params, d)
     fd = (f(shift(h)) - f(shift(-h))) / (2 * h)
-    analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(g),
-                                                   jax.tree_util.tree_leaves(d)))
+    analytic = tree_vdot(g, d)
     np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-5)
     assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree_util.tree_leaves(g))
   finally:
@@ -115,5 +115,4 @@ def test_at_eps_max_the_crown_ibp_loss_is_the_ibp_loss():
   (got, (_, mg)), gg = run(ctx_ibp, ibp_loss)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   np.testing.assert_allclose(mg["verified"], mw["verified"])
-  for a, b in zip(jax.tree.leaves(gg), jax.tree.leaves(gw)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert_trees_close(gg, gw, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Stability losses and metrics on hand-made bounds (reference.md's exact formulas)."""
+"""Stability losses and metrics on hand-made bounds (the paper's Eqs. 3-5, computed by hand)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +17,13 @@ def test_rs_loss_is_mean_of_channel_means():
   np.testing.assert_allclose(got, per.reshape(-1, 2).mean(0).mean(), rtol=1e-6)
 
 
-def test_instability_counts_and_sums_minus_lu_over_all_neurons():
-  unstable, total, count = losses.instability({"r": (L, U)})
+def test_instability_counts_and_sums_minus_lu_over_all_and_unstable_neurons():
+  unstable, total, unstable_part, count = losses.instability({"r": (L, U)})
   assert count == 4 and float(unstable[0]) == 2.0  # (-1, 2) and (-2, 1)
-  np.testing.assert_allclose(total[0], 2.0 - 0.5 + 2.0 - 0.5)
+  l, u = np.array(L), np.array(U)
+  np.testing.assert_allclose(total[0], np.sum(-l * u), rtol=1e-6)  # Eq. 3: stable ones < 0
+  np.testing.assert_allclose(unstable_part[0], 2.0 + 2.0, rtol=1e-6)  # -(-1)(2), -(-2)(1)
+  assert float(total[0]) < float(unstable_part[0])
 
 
 def tiny_net(gamma):

@@ -1,6 +1,4 @@
 """Training: schedules, end-to-end smoke run, masks, exact resume, data parallel, bad input."""
-import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -13,19 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune import data
+from jaxprune import config as config_lib
+from jaxprune import data, runs
 from jaxprune.train import NaNLossError, fit, make_context, schedules, train_and_evaluate
-from jaxprune.train.checkpoint import Checkpoints
 from jaxprune.train.state import init_state, make_optimizer
+from trees import assert_trees_equal
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_config(name="digits", preset="smoke", **overrides):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(preset)
+  c = config_lib.load(f"{name}:{preset}")
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")
@@ -45,8 +41,7 @@ def restore_last(workdir, config):
   ds = data.load(config.dataset)
   ctx = make_context(config, ds)
   like = init_state(ctx.model, ds.input_shape, make_optimizer(config.train, 1), config.seed)
-  state, meta = Checkpoints(os.path.join(workdir, "checkpoints")).restore("last", like)
-  return state, meta
+  return runs.restore_state(workdir, "last", like)
 
 
 # --- schedules ---------------------------------------------------------------------------
@@ -91,8 +86,10 @@ def test_one_epoch_end_to_end_writes_metrics_and_checkpoints(tmp_path, mode):
   config = tiny_config(**{"train.mode": mode, "train.epochs": 1, "train.steps_per_epoch": 2,
                           "train.nrs_weight": 0.01, "eval.crown_num_test": 16})
   state, summary = train_and_evaluate(config, str(tmp_path))
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert [r["epoch"] for r in rows] == [0]
+  rows = runs.read_jsonl(tmp_path / "metrics.jsonl")
+  assert [r["epoch"] for r in rows] == [1]
+  assert rows[0]["num_test"] == 64 and rows[0]["crown_num_test"] == 16
+  assert rows[0]["instability"] <= rows[0]["instability_unstable"]  # stable neurons add < 0
   for key in ("train_loss", "train_nrs_loss", "test_clean_acc", "test_ibp_verified_acc",
               "test_crown_verified_acc", "unstable", "unstable_ratio", "instability",
               "crown_unstable_ratio"):
@@ -100,17 +97,17 @@ def test_one_epoch_end_to_end_writes_metrics_and_checkpoints(tmp_path, mode):
   assert 0 <= rows[0]["test_ibp_verified_acc"] <= rows[0]["test_clean_acc"] <= 1
   assert 0 <= rows[0]["test_crown_verified_acc"] <= 1
   assert 0 <= rows[0]["unstable_ratio"] <= 1
-  assert (tmp_path / "checkpoints" / "last" / "0").is_dir()
-  assert (tmp_path / "checkpoints" / "best" / "0").is_dir()
+  assert (tmp_path / "checkpoints" / "last" / "1").is_dir()
+  assert (tmp_path / "checkpoints" / "best" / "1").is_dir()
   assert int(state.step) == 2
-  assert summary["last"]["epoch"] == 0
+  assert summary["last"]["epoch"] == 1
 
 
 def test_crown_eval_runs_every_k_epochs_and_at_the_last(tmp_path):
   config = tiny_config(**{"train.epochs": 3, "train.steps_per_epoch": 1,
                           "eval.crown_num_test": 4, "eval.crown_every": 2})
   train_and_evaluate(config, str(tmp_path))
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = runs.read_jsonl(tmp_path / "metrics.jsonl")
   assert ["test_crown_verified_acc" in r for r in rows] == [False, True, True]
 
 
@@ -146,10 +143,10 @@ def test_masked_weights_stay_exactly_zero(tmp_path, optimizer, wd):
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
   config = tiny_config(**{"train.mode": "standard", "train.lr_milestones": (1,),
                           "train.lr_decay": 1e38, "train.grad_clip": 0.0})
-  with pytest.raises(NaNLossError, match="last good checkpoint"):
+  with pytest.raises(NaNLossError, match="loss is nan at epoch 2.*checkpoint of epoch 1 .* intact"):
     train_and_evaluate(config, str(tmp_path))
   state, meta = restore_last(str(tmp_path), config)
-  assert meta["epoch"] == 0
+  assert meta["epoch"] == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
 
 
@@ -174,23 +171,22 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
   proc = subprocess.Popen(cli(killed), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
-  while not (killed / "checkpoints" / "last" / "1").is_dir():
+  while not (killed / "checkpoints" / "last" / "2").is_dir():
     assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  rows = [json.loads(l) for l in open(killed / "metrics.jsonl")]
+  rows = runs.read_jsonl(killed / "metrics.jsonl")
   assert len(rows) < 4
   train_and_evaluate(config, str(killed))  # the same command, run again
 
   a, meta_a = restore_last(str(ref), config)
   b, meta_b = restore_last(str(killed), config)
-  assert meta_a["epoch"] == meta_b["epoch"] == 3
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  ra = [json.loads(l) for l in open(ref / "metrics.jsonl")]
-  rb = [json.loads(l) for l in open(killed / "metrics.jsonl")]
-  assert [r["epoch"] for r in rb] == [0, 1, 2, 3]
+  assert meta_a["epoch"] == meta_b["epoch"] == 4
+  assert_trees_equal(a, b)
+  ra = runs.read_jsonl(ref / "metrics.jsonl")
+  rb = runs.read_jsonl(killed / "metrics.jsonl")
+  assert [r["epoch"] for r in rb] == [1, 2, 3, 4]
   strip = lambda r: {k: v for k, v in r.items() if k != "epoch_time_s"}
   assert list(map(strip, ra)) == list(map(strip, rb))
 
@@ -200,15 +196,15 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
 @pytest.mark.parametrize("arg,message", [
     ("--config.no_such_key=1", "unknown config key"),
     ("--config.train.eps=-0.1", "train.eps must be >= 0"),
-    ("--config.dataset=mnist", "dataset 'mnist' is unknown"),
-    ("--config.model=vgg", "model 'vgg' is unknown"),
-    ("--config.train.mode=magic", "train.mode 'magic' is unknown"),
+    ("--config.dataset=mnist", "unknown dataset 'mnist'; valid: "),
+    ("--config.model=vgg", "unknown model 'vgg'; valid: "),
+    ("--config.train.mode=magic", "unknown train.mode 'magic'; valid: "),
 ])
 def test_bad_config_exits_nonzero_and_writes_nothing(tmp_path, arg, message):
   workdir = tmp_path / "run"
   out = subprocess.run(cli(workdir, arg), cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0
-  assert message in out.stderr
+  assert out.returncode == 2
+  assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
   assert not workdir.exists()
 
 
@@ -221,10 +217,8 @@ from jaxprune import data
 from jaxprune.train import losses, make_context, make_train_step
 from jaxprune.train.loop import make_mesh
 from jaxprune.train.state import init_state, make_optimizer
-import importlib.util
-spec = importlib.util.spec_from_file_location("c", "configs/digits.py")
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-config = mod.get_config("smoke")
+from jaxprune import config as config_lib
+config = config_lib.load("digits:smoke")
 assert jax.device_count() == 2, jax.devices()
 ds = data.load("digits")
 ctx = make_context(config, ds)

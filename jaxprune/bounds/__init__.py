@@ -14,6 +14,7 @@ from jaxprune.bounds.crown import crown, crown_ibp
 from jaxprune.bounds.ibp import ibp
 from jaxprune.bounds.ir import Net, Node, fold_bn, fold_spec, forward, from_layers, from_model
 from jaxprune.bounds.spec import input_box, margin_matrix, verified_from_margins
+from jaxprune.registry import lookup
 
 # Each method maps (net, lower, upper, **options) -> (lower, upper, relu_bounds).
 METHODS: dict[str, Callable] = {"ibp": ibp, "crown": crown, "crown_ibp": crown_ibp,
@@ -27,11 +28,10 @@ def compute_bounds(net: Net, x_lower, x_upper, C=None, method: str = "ibp",
   Batched over the leading axis. With `return_relu_bounds`, also returns
   {relu name: (l, u)} of every ReLU's input, for counting unstable neurons.
   """
-  if method not in METHODS:
-    raise ValueError(f"unknown bound method {method!r}; available: {sorted(METHODS)}")
+  bound = lookup(METHODS, method, "bound method")
   if C is not None:
     net = fold_spec(net, C)
-  lower, upper, relu_bounds = METHODS[method](net, x_lower, x_upper, **options)
+  lower, upper, relu_bounds = bound(net, x_lower, x_upper, **options)
   return (lower, upper, relu_bounds) if return_relu_bounds else (lower, upper)
 
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from jaxprune.bounds.ibp import ibp
 from jaxprune.bounds.ir import Net, avgpool, forward
-from jaxprune.models.spec import (INPUT, conv2d, conv_geometry, conv_input_grad,
-                                  conv_kernel_grad)
+from jaxprune.models.spec import INPUT
+from jaxprune.ops import conv2d, conv_geometry, conv_input_grad, conv_kernel_grad
 
 LINEAR = ("conv", "dense", "affine")
 PATCH_OPS = ("conv", "affine", "relu", "add", "avgpool")
@@ -59,12 +59,12 @@ def ancestors(net: Net, name: str) -> set[str]:
 def conv_transpose(a, w, stride: int, padding: int, in_shape: tuple[int, ...]):
   """`W^T a`: the transpose of a conv w.r.t. its input, a of shape (N, *out_shape).
 
-  Forward and both cotangents are ordinary convs (`models.spec`'s XLA:CPU fast
+  Forward and both cotangents are ordinary convs (`jaxprune.ops`' XLA:CPU fast
   paths): XLA lowers the transpose of a strided conv to a slow lhs-dilated
   conv and differentiates it w.r.t. the kernel more slowly still. The kernel
   gradient takes the fresh cotangent as the kernel operand, which keeps XLA
-  from fusing its computation into a batch-minor transpose (fused CROWN-IBP
-  step of CNN-7L, batch 128: 117 img/s, 78 img/s with XLA's lowering).
+  from fusing its computation into a batch-minor transpose (a faster fused
+  CROWN-IBP step, see benchmarks/RESULTS.md).
   """
   geom = conv_geometry(stride, padding)
   return conv_input_grad(a, w, *geom, (a.shape[0],) + tuple(in_shape))
@@ -152,9 +152,9 @@ def _relu_crown(a, l, u):
 
   A hand-written VJP: XLA:CPU ran JAX's autodiff of this relaxation (balanced
   max/min ties, the division, saved intermediates) as many elementwise
-  fusions, about 8 % of the fused CROWN-IBP train step (CNN-7L, batch 128);
-  the VJP below recomputes the lines from (a, l, u) instead. Same values and
-  gradients as autodiff, JAX's tie rule at 0 included.
+  fusions, a sizeable part of the fused CROWN-IBP train step (see
+  benchmarks/RESULTS.md); the VJP below recomputes the lines from (a, l, u)
+  instead. Same values and gradients as autodiff, JAX's tie rule at 0 included.
   """
   _, lb, _, up_slope = _upper_line(l, u)
   lo_slope = (u + l > 0).astype(a.dtype)
@@ -200,12 +200,15 @@ _relu_crown.defvjp(_relu_crown_fwd, _relu_crown_bwd)
 # --- backward bound propagation --------------------------------------------------------
 
 def backward_bound(net: Net, start: str, a, x_lower, x_upper, bounds: dict, shapes: dict,
-                   alphas: Optional[dict] = None):
+                   alphas: Optional[dict] = None, coeff_hook=None):
   """Lower bound over the box of `<a, v_start>`, shape (B, S).
 
   `bounds` holds (l, u) of the input of every ReLU upstream of `start`;
   `alphas` optionally maps ReLU names to lower slopes (see `relu_transpose`).
   Fan-out (residual connections) sums the coefficients reaching a node.
+  `coeff_hook(name, a)`, when given, sees the coefficients of each node's
+  output (and of the input) before they are propagated and returns those to
+  use: beta-CROWN adds its split multipliers there, branching reads them.
   """
   names = [n.name for n in net.nodes]
   acc, const = {start: a}, 0.0
@@ -213,6 +216,8 @@ def backward_bound(net: Net, start: str, a, x_lower, x_upper, bounds: dict, shap
     a = acc.pop(node.name, None)
     if a is None:
       continue
+    if coeff_hook is not None:
+      a = coeff_hook(node.name, a)
     in_shape = shapes[node.inputs[0]]
     if node.op in LINEAR:
       if node.b is not None:
@@ -231,7 +236,8 @@ def backward_bound(net: Net, start: str, a, x_lower, x_upper, bounds: dict, shap
       raise ValueError(f"no backward rule for op {node.op!r}")
     for name in node.inputs:
       acc[name] = acc[name] + a if name in acc else a
-  return const + _concretise(acc[INPUT], (x_upper + x_lower)[:, None] / 2,
+  a = acc[INPUT] if coeff_hook is None else coeff_hook(INPUT, acc[INPUT])
+  return const + _concretise(a, (x_upper + x_lower)[:, None] / 2,
                              (x_upper - x_lower)[:, None] / 2)
 
 
@@ -477,7 +483,7 @@ def crown_core(net: Net, lower, upper, relu_bounds: Optional[dict] = None,
       if refine == "unstable" and (slopes(t) is None or shared):
         # Intervals from the bounds found so far (within IBP's); CROWN only where they leave
         # the ReLU unstable.
-        limits = ibp(net, lower, upper, bounds)[2][relu.name]
+        limits = ibp(net, lower, upper, relu_bounds=bounds)[2][relu.name]
         select = (limits[0] < 0) & (limits[1] > 0)
       l, u = node_bounds(net, t, lower, upper, bounds, shapes, chunk_size, slopes(t), shared,
                          conv_mode, select=select)

@@ -33,11 +33,12 @@ def fused_ce_bound(net: Net, x_lower, x_upper, labels, num_classes: int, crown_w
 
   `crown_weight` in [0, 1] mixes the CROWN-IBP bound with the pure IBP one
   (CROWN-IBP's schedule: (eps_max - eps) / eps_max). The CROWN pass always
-  runs: skipping it at weight 0 with `lax.cond` made XLA:CPU's gradient 6x
-  slower (CNN-7L, batch 32: 2.1 s vs 0.34 s), so callers that know the weight
-  is 0 use the IBP loss instead (`train.make_train_step`). Returns (bound, margin_lower, relu_bounds): the IBP
-  lower bounds of z_y - z_j and the IBP pre-activation bounds, which the
-  caller needs anyway (verified counts, NRS/RS losses).
+  runs: skipping it at weight 0 with `lax.cond` made XLA:CPU's gradient many
+  times slower (benchmarks/RESULTS.md), so callers that know the weight is 0
+  use the IBP loss instead (`train.make_train_step`). Returns (bound,
+  margin_lower, relu_bounds): the IBP lower bounds of z_y - z_j and the IBP
+  pre-activation bounds, which the caller needs anyway (verified counts,
+  NRS/RS losses).
   """
   net_m = fold_spec(net, -margin_matrix(labels, num_classes))  # rows e_j - e_y: m_j
   lower, upper, relu_bounds = ibp(net_m, x_lower, x_upper)

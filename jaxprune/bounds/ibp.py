@@ -1,4 +1,4 @@
-"""Interval bound propagation in centre/radius form (paper Eq. 1)."""
+"""Interval bound propagation in centre/radius form (the paper, Sec. 3.3, Eq. 1)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune.bounds.ir import Net, avgpool, linear
-from jaxprune.models.spec import INPUT, conv2d
+from jaxprune.models.spec import INPUT
+from jaxprune.ops import conv2d
 
 
 def _linear(node, x, kernel=None, bias: bool = True):
@@ -18,16 +19,16 @@ def _linear(node, x, kernel=None, bias: bool = True):
   return y + node.b if bias and node.b is not None else y
 
 
-def ibp(net: Net, lower, upper, known: Optional[dict] = None):
+def ibp(net: Net, lower, upper, relu_bounds: Optional[dict] = None):
   """Returns (lower, upper, relu_bounds) with relu_bounds[name] = (l, u) of each ReLU's input.
 
   mu' = W mu + b, r' = |W| r: two passes per linear layer, no matter the width.
-  `known` ({relu name: (l, u)}, e.g. tighter CROWN bounds) is intersected with
-  the intervals reaching those ReLUs, and the result propagated.
+  The given `relu_bounds` ({relu name: (l, u)}, e.g. tighter CROWN bounds) are
+  intersected with the intervals reaching those ReLUs, and the result propagated.
   """
-  known = known or {}
+  given = relu_bounds or {}
   vals = {INPUT: ((upper + lower) / 2, (upper - lower) / 2)}
-  relu_bounds = {}
+  out = {}
   for node in net.nodes:
     args = [vals[n] for n in node.inputs]
     c, r = args[0]
@@ -35,9 +36,9 @@ def ibp(net: Net, lower, upper, known: Optional[dict] = None):
       c, r = _linear(node, c), _linear(node, r, kernel=jnp.abs(node.w), bias=False)
     elif node.op == "relu":
       l, u = c - r, c + r
-      if node.name in known:
-        l, u = jnp.maximum(l, known[node.name][0]), jnp.minimum(u, known[node.name][1])
-      relu_bounds[node.name] = (l, u)
+      if node.name in given:
+        l, u = jnp.maximum(l, given[node.name][0]), jnp.minimum(u, given[node.name][1])
+      out[node.name] = (l, u)
       l, u = jax.nn.relu(l), jax.nn.relu(u)
       c, r = (u + l) / 2, (u - l) / 2
     elif node.op == "flatten":
@@ -48,4 +49,4 @@ def ibp(net: Net, lower, upper, known: Optional[dict] = None):
       c, r = avgpool(node, c), avgpool(node, r)
     vals[node.name] = (c, r)
   c, r = vals[net.output]
-  return c - r, c + r, relu_bounds
+  return c - r, c + r, out

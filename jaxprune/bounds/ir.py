@@ -15,8 +15,7 @@ from flax import struct
 
 from jaxprune.models import masks as masks_lib
 from jaxprune.models.spec import INPUT, Layer, SpecNet, resolve_inputs
-
-BN_EPS = 1e-5
+from jaxprune.ops import BN_EPS, conv, conv_geometry
 
 
 @struct.dataclass
@@ -110,9 +109,7 @@ def linear(node: Node, x, kernel=None, bias: bool = True):
   """The affine map of a conv/dense/affine node (optionally with another kernel)."""
   w = node.w if kernel is None else kernel
   if node.op == "conv":
-    p = node.padding
-    y = jax.lax.conv_general_dilated(x, w, (node.stride, node.stride), ((p, p), (p, p)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv(x, w, *conv_geometry(node.stride, node.padding))
   elif node.op == "dense":
     # A (B, in, out) kernel is a per-example specification folded in (`fold_spec`).
     y = jnp.einsum("bi,bio->bo", x, w) if w.ndim == 3 else x @ w

@@ -5,9 +5,10 @@ ERAN csv), checks their official checksums on every load and returns a
 `Dataset` with pixels in [0, 1]; `normalize` is applied by the model.
 """
 from jaxprune.data.batching import AUGMENTATIONS, augment, batches
-from jaxprune.data.datasets import (NAMES, Dataset, first_n_test, load,
-                                    normalize)
+from jaxprune.data.datasets import (CIFAR10_MEAN, CIFAR10_SHAPE, CIFAR10_STD, NAMES,
+                                    NUM_CLASSES, Dataset, first_n_test, load, normalize)
 from jaxprune.data.sources import CHECKSUMS, DataError
 
-__all__ = ["AUGMENTATIONS", "augment", "CHECKSUMS", "NAMES", "DataError", "Dataset", "batches",
-           "first_n_test", "load", "normalize"]
+__all__ = ["AUGMENTATIONS", "augment", "CHECKSUMS", "CIFAR10_MEAN", "CIFAR10_SHAPE", "CIFAR10_STD",
+           "NAMES", "NUM_CLASSES", "DataError", "Dataset", "batches", "first_n_test", "load",
+           "normalize"]

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import numpy as np
 
+from jaxprune.registry import UnknownNameError, unknown
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
@@ -19,7 +20,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, kind: str, pad: int = 4) ->
   if kind == "none":
     return x
   if kind not in AUGMENTATIONS:
-    raise ValueError(f"unknown augmentation {kind!r}; valid: {AUGMENTATIONS}")
+    raise UnknownNameError(unknown("augmentation", kind, AUGMENTATIONS))
   n, h, w, _ = x.shape
   padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   dy, dx = rng.integers(0, 2 * pad + 1, (2, n))

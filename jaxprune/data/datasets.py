@@ -1,8 +1,7 @@
 """Datasets by name: float32 NHWC pixels in [0, 1], int32 labels.
 
-Normalisation constants follow the paper's code (VITA-Group/CertifiedPruning:
-`LTH-training/dataset.py` for training, the verifier's `utils.py` for
-verification), which agree except where noted:
+Normalisation constants follow the paper's released code, whose training and
+verification agree except where noted:
 
 * cifar10 / cifar10_eran: mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435,
   0.2616) in both; auto_LiRPA's examples round the first std to 0.2471.
@@ -22,9 +21,11 @@ import numpy as np
 
 from jaxprune.data import readers, sources
 from jaxprune.data.sources import DataError
+from jaxprune.registry import lookup
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_SHAPE = (32, 32, 3)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -158,8 +159,8 @@ class _Spec:
 _SPECS = {
     "fashion_mnist": _Spec((28, 28, 1), (0.0,), (1.0,), _fashion_mnist),
     "svhn": _Spec((32, 32, 3), (0.0,) * 3, (1.0,) * 3, _svhn),
-    "cifar10": _Spec((32, 32, 3), CIFAR10_MEAN, CIFAR10_STD, _cifar10),
-    "cifar10_eran": _Spec((32, 32, 3), CIFAR10_MEAN, CIFAR10_STD, _cifar10_eran),
+    "cifar10": _Spec(CIFAR10_SHAPE, CIFAR10_MEAN, CIFAR10_STD, _cifar10),
+    "cifar10_eran": _Spec(CIFAR10_SHAPE, CIFAR10_MEAN, CIFAR10_STD, _cifar10_eran),
     "digits": _Spec((8, 8, 1), (0.0,), (1.0,), None),
 }
 NAMES = tuple(_SPECS)
@@ -192,9 +193,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None,
   official table (`sources.CHECKSUMS`) by file name, for files you made.
   `digits` ships with scikit-learn and needs none of these arguments.
   """
-  if name not in _SPECS:
-    raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
-  spec = _SPECS[name]
+  spec = lookup(_SPECS, name, "dataset")
   if spec.reader is None:
     x_tr, y_tr, x_te, y_te = _digits()
   else:

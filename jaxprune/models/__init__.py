@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Callable
 
 from jaxprune.models import zoo
-from jaxprune.models.masks import apply_masks, count_params, init_masks, mask_density
+from jaxprune.models.masks import apply_masks, count_params, init_masks, remaining_fraction
 from jaxprune.models.spec import INPUT, BatchNorm, Layer, SpecNet, resolve_inputs
+from jaxprune.registry import lookup
 
 REGISTRY: dict[str, Callable[..., tuple[Layer, ...]]] = {
     "cnn7l": zoo.cnn7l,
@@ -21,11 +22,9 @@ REGISTRY: dict[str, Callable[..., tuple[Layer, ...]]] = {
 
 
 def create(name: str, num_classes: int = 10, **kwargs) -> SpecNet:
-  if name not in REGISTRY:
-    raise ValueError(f"unknown model {name!r}; registered models: {sorted(REGISTRY)}")
-  return SpecNet(layers=REGISTRY[name](num_classes=num_classes, **kwargs),
+  return SpecNet(layers=lookup(REGISTRY, name, "model")(num_classes=num_classes, **kwargs),
                  num_classes=num_classes)
 
 
 __all__ = ["REGISTRY", "create", "SpecNet", "Layer", "BatchNorm", "INPUT", "resolve_inputs",
-           "apply_masks", "init_masks", "mask_density", "count_params"]
+           "apply_masks", "init_masks", "remaining_fraction", "count_params"]

@@ -9,6 +9,7 @@ from typing import Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 
@@ -37,11 +38,16 @@ def apply_masks(params, masks):
   return traverse_util.unflatten_dict(flat)
 
 
-def mask_density(masks) -> float:
-  """Fraction of masked-in weights over all mask entries."""
-  leaves = jax.tree_util.tree_leaves(masks)
-  total = sum(m.size for m in leaves)
-  return float(sum(jnp.sum(m) for m in leaves) / max(total, 1))
+def remaining_fraction(masks) -> float:
+  """Fraction of unmasked kernel weights.
+
+  Structured masks also hold conv-bias and BN entries (`prune.channel_masks`);
+  those are not weights, so only the "kernel" leaves count.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(masks)[0]
+  kernels = [m for path, m in flat if getattr(path[-1], "key", None) == "kernel"]
+  total = sum(m.size for m in kernels)
+  return float(sum(np.count_nonzero(np.asarray(m)) for m in kernels) / max(total, 1))
 
 
 def count_params(params) -> int:

@@ -1,6 +1,6 @@
 """Pruners of the paper, as pure functions over params and mask pytrees.
 
-    pruner = jaxprune.prune.get("imp_nrs")      # PRUNERS[name]; ValueError if unknown
+    pruner = jaxprune.prune.get("imp_nrs")      # PRUNERS[name]; registry.UnknownNameError
     masks = models.init_masks(params, layers)     # conv kernels (the paper prunes only those)
     masks = prune.prune_step(pruner, params, masks, rate=0.2, key=key,
                              loss_fn=loss_fn, batches=batches, layers=layers)
@@ -34,13 +34,14 @@ exactly zero and `compress` exact.
 """
 from __future__ import annotations
 
+from jaxprune.models.masks import remaining_fraction
 from jaxprune.prune.channels import (channel_counts, channel_masks, channel_view,
                                      prune_channels, slim_scores, struct_lth_scores)
 from jaxprune.prune.compression import compress
 from jaxprune.prune.pruners import (PRUNERS, Pruner, ScoreInputs, get, prune_step)
 from jaxprune.prune.scores import (HydraConfig, hydra_scores, magnitude_scores, random_scores,
                                    snip_scores, taylor_scores)
-from jaxprune.prune.select import remaining_fraction, update_masks
+from jaxprune.prune.select import update_masks
 
 __all__ = ["PRUNERS", "Pruner", "ScoreInputs", "get", "prune_step", "compress",
            "remaining_fraction", "update_masks", "channel_counts", "channel_view",

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.bounds.ir import BN_EPS
 from jaxprune.models import masks as masks_lib
 from jaxprune.models.spec import Layer, resolve_inputs
+from jaxprune.ops import BN_EPS
 
 
 def consumers(layers: Sequence[Layer]) -> dict[str, list[str]]:

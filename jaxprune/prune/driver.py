@@ -26,21 +26,22 @@ full eps (BN in train mode, the previous round's running statistics) on the
 first unaugmented training batches of epoch 0's shuffle. Structured runs keep
 one mask tree shape (conv bias and BN entries included) from round 0 on.
 
-Layout of `workdir`: config.json (the resolved config), rewind/state.npz,
-summary.jsonl (one row per finished round) and round_NN/ with masks.npz,
-checkpoints/{last,best}, metrics.jsonl and summary.json: the remain ratio of
-the prunable kernels and the test metrics of the round's best epoch (as
-`fit` selects it) and of its last (`last_*`); structured rows add the channel
-remain ratio and the compressed network's conv widths and parameter count.
-Every file is written atomically. A round is finished when its summary.json
-exists; a round's mask is a deterministic function of the previous round's
-last checkpoint and the seed, so a killed run started again with the same
-command ends with the masks and metrics of an uninterrupted one.
+Layout of `workdir` (`jaxprune.runs`): config.json (the resolved config),
+rewind/state.npz, summary.jsonl (one row per finished round) and round_NN/
+with masks.npz, checkpoints/{last,best}, metrics.jsonl and summary.json: the
+remain ratio of the prunable kernels and the test metrics of the round's best
+epoch (as `fit` selects it) and of its last (`last_*`), with the number of
+test images each used; structured rows add the channel remain ratio and the
+compressed network's conv widths and parameter count. Every file is written
+atomically; a directory holding another config is refused (`runs.open_run`).
+A round is finished when its summary.json exists; a round's mask is a
+deterministic function of the previous round's last checkpoint and the seed,
+so a killed run started again with the same command ends with the masks and
+metrics of an uninterrupted one.
 """
 from __future__ import annotations
 
 import itertools
-import json
 import os
 
 import jax
@@ -48,17 +49,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxprune import data, prune
+from jaxprune import data, prune, runs
 from jaxprune.models import apply_masks, count_params
+from jaxprune.prune import config as prune_config
 from jaxprune.prune.pruners import Pruner
+from jaxprune.registry import lookup
+from jaxprune.runs import load_tree, round_dir, save_tree
+from jaxprune.train import config as train_config
 from jaxprune.train import losses, schedules
-from jaxprune.train.checkpoint import Checkpoints
-from jaxprune.train.config import validate_config
-from jaxprune.train.loop import fit, make_context
+from jaxprune.train.loop import accuracy_text, epochs_done, fit, make_context, prepare, start_line
 from jaxprune.train.state import TrainState, init_state, make_optimizer
-from jaxprune.utils import atomic_open, atomic_write_text
 
-HYDRA_SCORE = prune.PRUNERS["hydra"].score
+HYDRA_SCORE = prune.get("hydra").score
+
+
+def validate(c) -> None:
+  """ConfigError naming every problem of the keys the pruning driver reads."""
+  train_config.raise_if(train_config.problems(c) + prune_config.problems(c, pruning=True))
 
 
 def resolve_config(config, pruner: str | None = None):
@@ -66,7 +73,7 @@ def resolve_config(config, pruner: str | None = None):
   c = config.copy_and_resolve_references()
   if pruner is not None:
     c.prune.pruner = pruner
-  validate_config(c, pruning=True)
+  validate(c)
   p = prune.get(c.prune.pruner)
   if c.prune.rate is None:
     c.prune.rate = p.rate
@@ -81,35 +88,59 @@ def num_rounds(config) -> int:
   return 1 if config.prune.mode == "one_shot" else config.prune.rounds
 
 
-def round_dir(workdir: str, r: int) -> str:
-  return os.path.join(workdir, f"round_{r:02d}")
-
-
-def run(config, workdir: str, pruner: str | None = None) -> list[dict]:
+def run(config, workdir: str, pruner: str | None = None, overwrite: bool = False) -> list[dict]:
   """All rounds (skipping finished ones); returns the summary rows.
 
-  `pruner` overrides config.prune.pruner. The config is validated before
-  anything is written.
+  `pruner` overrides config.prune.pruner. The config, the data and the run
+  directory are checked before anything is written; a directory holding
+  another config is refused (RunError) unless `overwrite`.
   """
   config = resolve_config(config, pruner)
   p = prune.get(config.prune.pruner)
-  ds = data.load(config.dataset, data_dir=config.data_dir or None)
+  ds, action = prepare(config, workdir, overwrite)
   ctx = make_context(config, ds)
   state0 = initial_state(config, ctx, ds, p)
-  os.makedirs(workdir, exist_ok=True)
-  atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  total = num_rounds(config) + 1
+  resumed = ""
+  if action == "resume":
+    finished = runs.list_rounds(workdir)
+    resumed = f"{len(finished)} of {total} rounds finished"
+    if len(finished) < total:
+      resumed += (f", round {len(finished)} at epoch "
+                  f"{epochs_done(round_dir(workdir, len(finished)))}/{config.train.epochs}")
+  runs.open_run(workdir, config, overwrite)
+  print(start_line(workdir, config, action, resumed), flush=True)
   rows = []
-  for r in range(num_rounds(config) + 1):
-    summary = os.path.join(round_dir(workdir, r), "summary.json")
+  for r in range(total):
+    summary = os.path.join(round_dir(workdir, r), runs.ROUND_SUMMARY)
     if os.path.exists(summary):
-      with open(summary) as f:
-        rows.append(json.load(f))
+      rows.append(runs.read_json(summary))
     else:
       rows.append(run_round(config, workdir, ctx, ds, p, state0, r))
-      atomic_write_text(summary, json.dumps(rows[-1], indent=1))
-    atomic_write_text(os.path.join(workdir, "summary.jsonl"),
-                      "".join(json.dumps(row) + "\n" for row in rows))
+      runs.write_json(summary, rows[-1])
+    runs.write_jsonl(os.path.join(workdir, runs.SUMMARY), rows)
+  print(end_summary(workdir, rows), flush=True)
   return rows
+
+
+def best_round(rows: list[dict]) -> dict:
+  """The round whose best epoch scores highest on the metric `fit` selected by."""
+  return max(rows, key=lambda row: (row.get(row["selected_by"]) or 0.0, -row["round"]))
+
+
+def end_summary(workdir: str, rows: list[dict]) -> str:
+  """A table of the rounds, the best one, and where the results are."""
+  metric = rows[0]["selected_by"]
+  lines = [f"done: {len(rows)} rounds of {rows[0]['pruner']} (round 0 dense); per round, its "
+           f"best epoch (selected by {metric}):"]
+  for row in rows:
+    lines.append(f"  round {row['round']:2d}  remain {100 * row['remain_ratio']:5.1f} %  "
+                 f"epoch {row['best_epoch']}: {accuracy_text(row)}")
+  best, workdir = best_round(rows), os.path.abspath(workdir)
+  lines.append(f"best round: {best['round']} (remain {100 * best['remain_ratio']:.1f} %)")
+  lines.append(f"results: {os.path.join(workdir, runs.SUMMARY)} (one line per round), "
+               f"{round_dir(workdir, 0)[:-2]}NN/ (checkpoints, masks, metrics)")
+  return "\n".join(lines)
 
 
 def initial_state(config, ctx: losses.Context, ds, pruner: Pruner) -> TrainState:
@@ -130,8 +161,8 @@ def initial_state(config, ctx: losses.Context, ds, pruner: Pruner) -> TrainState
 def run_round(config, workdir: str, ctx, ds, pruner: Pruner, state0: TrainState, r: int) -> dict:
   """Train round r (resuming inside it) and return its summary row."""
   rdir = round_dir(workdir, r)
-  masks_path = os.path.join(rdir, "masks.npz")
-  rewind_path = os.path.join(workdir, "rewind", "state.npz")
+  masks_path = os.path.join(rdir, runs.MASKS)
+  rewind_path = os.path.join(workdir, runs.REWIND)
   rewinds = config.prune.mode != "finetune"
   hook = None
   if r == 0:
@@ -139,7 +170,7 @@ def run_round(config, workdir: str, ctx, ds, pruner: Pruner, state0: TrainState,
     if rewinds:
       hook = rewind_hook(rewind_path, config.prune.rewind_epoch, start)
   else:
-    prev = restore_last(round_dir(workdir, r - 1), state0)
+    prev = runs.restore_state(round_dir(workdir, r - 1), "last", state0)[0]
     masks = (load_tree(masks_path) if os.path.exists(masks_path)
              else next_masks(config, ctx, ds, pruner, prev, r))
     start = (rewound_state(config, load_tree(rewind_path), masks, state0, r) if rewinds
@@ -159,18 +190,10 @@ def rewind_hook(path: str, rewind_epoch: int, state0: TrainState):
     return None
 
   def hook(epoch: int, state: TrainState) -> None:
-    if epoch + 1 == rewind_epoch:
+    if epoch == rewind_epoch:
       save_tree(path, point(state))
 
   return hook
-
-
-def restore_last(rdir: str, like: TrainState) -> TrainState:
-  ckpts = Checkpoints(os.path.join(rdir, "checkpoints"))
-  try:
-    return ckpts.restore("last", like)[0]
-  finally:
-    ckpts.close()
 
 
 def rewound_state(config, rewind: dict, masks, state0: TrainState, r: int) -> TrainState:
@@ -210,7 +233,7 @@ def score_loss(config, ctx, batch_stats, key):
   """loss_fn(params, masks, batch) of the training mode at the full eps, BN in train mode."""
   t = config.train
   eps, kappa = t.eps, schedules.kappa_at(t, t.eps)
-  ctx, loss = losses.loss_at_eps_max(ctx, t.mode) or (ctx, losses.LOSSES[t.mode])
+  ctx, loss = losses.loss_at_eps_max(ctx, t.mode) or (ctx, lookup(losses.LOSSES, t.mode, "training mode"))
   return lambda params, masks, batch: loss(ctx, params, batch_stats, masks, batch, eps, kappa,
                                            key)[0]
 
@@ -236,9 +259,10 @@ def summary_row(ctx, pruner: Pruner, r: int, state: TrainState, result: dict, rd
   epochs) is None there; the last epoch always has every metric.
   """
   best, last = result["best"], result["last"]
-  keys = [k for k in last if k.startswith("test_") or k.endswith(("instability", "unstable_ratio"))]
-  with open(os.path.join(rdir, "metrics.jsonl")) as f:
-    train_time = sum(json.loads(line)["epoch_time_s"] for line in f if line.strip())
+  keys = [k for k in last if k.startswith("test_") or k.endswith(
+      ("instability", "instability_unstable", "unstable_ratio", "num_test"))]
+  rows = runs.read_jsonl(os.path.join(rdir, runs.METRICS))
+  train_time = sum(row["epoch_time_s"] for row in rows)
   row = {"round": r, "pruner": pruner.name, "remain_ratio": prune.remaining_fraction(state.masks),
          "best_epoch": best["epoch"], "selected_by": best["metric"],
          **{k: best.get(k) for k in keys}, **{f"last_{k}": last[k] for k in keys},
@@ -252,15 +276,3 @@ def summary_row(ctx, pruner: Pruner, r: int, state: TrainState, result: dict, rd
     row["channels"] = {l.name: l.features for l in layers if l.op == "conv"}
     row["compressed_params"] = count_params(variables["params"])
   return row
-
-
-def save_tree(path: str, tree) -> None:
-  """A nested dict of arrays as .npz ("a/b" keys), via a temp file and rename."""
-  flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/")
-  with atomic_open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
-
-
-def load_tree(path: str) -> dict:
-  with np.load(path) as f:
-    return traverse_util.unflatten_dict({k: jnp.asarray(f[k]) for k in f.files}, sep="/")

@@ -8,6 +8,7 @@ import jax
 
 from jaxprune.models.spec import Layer
 from jaxprune.prune import channels, scores, select
+from jaxprune.registry import lookup
 
 KINDS = ("none", "unstructured", "structured")
 UNSTRUCTURED_RATE, CHANNEL_RATE = 0.2, 0.11
@@ -123,9 +124,7 @@ PRUNERS: dict[str, Pruner] = {p.name: p for p in (
 
 
 def get(name: str) -> Pruner:
-  if name not in PRUNERS:
-    raise ValueError(f"unknown pruner {name!r}; registered pruners: {sorted(PRUNERS)}")
-  return PRUNERS[name]
+  return lookup(PRUNERS, name, "pruner")
 
 
 def prune_step(pruner: Pruner | str, params, masks, *, rate: Optional[float] = None,

@@ -77,10 +77,3 @@ def update_masks(scores, masks, rate: float, scope: str = "global"):
   keep = keep_leaves(s_leaves, alive, removal_counts(alive, rate, scope), scope)
   return treedef.unflatten([jnp.asarray(np.asarray(k, m.dtype)) for k, m in zip(keep, m_leaves)])
 
-
-def remaining_fraction(masks) -> float:
-  """Fraction of unmasked kernel weights (bias and BN mask entries are not weights)."""
-  flat = jax.tree_util.tree_flatten_with_path(masks)[0]
-  kernels = [m for path, m in flat if getattr(path[-1], "key", None) == "kernel"]
-  total = sum(m.size for m in kernels)
-  return float(sum(np.count_nonzero(np.asarray(m)) for m in kernels) / max(total, 1))

@@ -78,7 +78,7 @@ def per_channel(fn, l, u):
 
 
 def rs_loss(relu_bounds) -> jax.Array:
-  """RSLoss (Xiao et al. 2018): -tanh(1 + l u) on every ReLU's pre-activation bounds."""
+  """RSLoss (Xiao et al. 2018; the paper, Sec. 3.4.2, Eq. 4): -tanh(1 + l u) per ReLU input."""
   if not relu_bounds:
     return jnp.zeros(())
   return jnp.concatenate([per_channel(lambda a, b: -jnp.tanh(1 + a * b), l, u)
@@ -86,10 +86,11 @@ def rs_loss(relu_bounds) -> jax.Array:
 
 
 def nrs_loss(net, relu_bounds) -> jax.Array:
-  """NRSLoss: -tanh(1 + l u / (sg(gamma)^2 + 1e-8)) on BN outputs feeding a ReLU.
+  """NRSLoss (the paper, Sec. 3.4.2, Eq. 5): -tanh(1 + l u / (sg(gamma)^2 + 1e-8)).
 
-  Channel means over batch and space, then the mean over all channels of all
-  such layers (as the paper's code). The stop-gradient on gamma keeps BN free.
+  On the bounds of every BN output feeding a ReLU: channel means over batch
+  and space, then the mean over all channels of all such layers (as the
+  paper's code). The stop-gradient on gamma keeps BN free.
   """
   terms = []
   for node in net.relu_nodes():
@@ -103,22 +104,31 @@ def nrs_loss(net, relu_bounds) -> jax.Array:
 
 
 def instability(relu_bounds):
-  """Per example: (unstable neurons l < 0 < u, instability sum of -l*u over all ReLUs).
+  """Per example: unstable neurons (l < 0 < u), the paper's instability, its unstable part.
 
-  Also returns the number of ReLU neurons per example. The instability is the
-  paper's Eq. (3): every neuron contributes -l*u (stable ones negatively).
+  The paper's Eq. (3) sums -l*u over *all* ReLU neurons: an unstable neuron
+  adds a positive term, a stable one (l and u of one sign) a negative one, so
+  on a trained network, where most neurons are stable, the sum is negative.
+  The sum over the unstable neurons alone (>= 0) is what Figure 5's "fewer
+  unstable, less unstable" reading needs, so both are returned, with the
+  number of ReLU neurons per example.
   """
-  unstable, total, count = 0.0, 0.0, 0
+  unstable, total, unstable_part, count = 0.0, 0.0, 0.0, 0
   per_example = lambda a: a.reshape(a.shape[0], -1).sum(-1)
   for l, u in relu_bounds.values():
-    unstable = unstable + per_example((l < 0) & (u > 0))
+    is_unstable = (l < 0) & (u > 0)
+    unstable = unstable + per_example(is_unstable)
     total = total + per_example(-l * u)
+    unstable_part = unstable_part + per_example(jnp.where(is_unstable, -l * u, 0.0))
     count += l[0].size
-  return unstable, total, count
+  return unstable, total, unstable_part, count
 
 
 def regularizers(ctx: Context, params, net, relu_bounds):
-  """Stability regularisers (RS / NRS) and Network Slimming's L1 on BN gamma."""
+  """RS / NRS on `relu_bounds` and Network Slimming's L1 on BN gamma.
+
+  The bounds are those at the current training eps (see `regularized`).
+  """
   reg, metrics = jnp.zeros(()), {}
   if ctx.rs_weight:
     metrics["rs_loss"] = rs_loss(relu_bounds)
@@ -138,17 +148,33 @@ def batch_net(ctx: Context, params, batch_stats, masks, stats):
                             masks, bn="batch", stats=stats)
 
 
+def regularized(ctx: Context, params, batch_stats, masks, stats, batch, eps, loss, metrics):
+  """`loss` plus `regularizers` on IBP bounds at eps, for the losses that bound nothing.
+
+  eps is the current training eps, not eps_max: RS/NRS regularise the ReLU
+  bounds of the radius being trained (the paper, Sec. 4.1.3: the certified
+  loss's own bounds in certified training, IBP in adversarial training), as
+  `mix` does with the certified loss's bounds. `stats` are the BN statistics
+  of the batch the loss was taken on; the bounds are around the clean inputs.
+  """
+  if not (ctx.rs_weight or ctx.nrs_weight or ctx.slim_l1):
+    return loss, metrics
+  x, y = batch
+  net = batch_net(ctx, params, batch_stats, masks, stats)
+  relu_bounds = {}
+  if ctx.rs_weight or ctx.nrs_weight:
+    relu_bounds = certified_bounds(ctx, net, x, y, eps, "ibp")[1]
+  reg, more = regularizers(ctx, params, net, relu_bounds)
+  return loss + reg, {**metrics, **more}
+
+
 def standard_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, key):
-  del eps, kappa, key
+  del kappa, key
   x, y = batch
   logits, new_stats, stats = clean_forward(ctx, params, batch_stats, masks, x)
   loss = cross_entropy(logits, y)
-  metrics = {"clean_ce": loss, "acc": accuracy(logits, y)}
-  if ctx.rs_weight or ctx.nrs_weight or ctx.slim_l1:
-    net = batch_net(ctx, params, batch_stats, masks, stats)
-    _, relu_bounds = certified_bounds(ctx, net, x, y, ctx.eps_max, "ibp")
-    reg, more = regularizers(ctx, params, net, relu_bounds)
-    loss, metrics = loss + reg, {**metrics, **more}
+  loss, metrics = regularized(ctx, params, batch_stats, masks, stats, batch, eps, loss,
+                              {"clean_ce": loss, "acc": accuracy(logits, y)})
   return loss, (new_stats, {"loss": loss, **metrics})
 
 
@@ -185,17 +211,18 @@ def crown_ibp_loss(ctx: Context, params, batch_stats, masks, batch, eps, kappa, 
   x, y = batch
   logits, new_stats, stats = clean_forward(ctx, params, batch_stats, masks, x)
   net = batch_net(ctx, params, batch_stats, masks, stats)
-  beta = jnp.where(ctx.eps_max > 0, (ctx.eps_max - eps) / max(ctx.eps_max, 1e-12), 0.0)
+  crown_weight = jnp.where(ctx.eps_max > 0, (ctx.eps_max - eps) / max(ctx.eps_max, 1e-12), 0.0)
   xl, xu = bounds.input_box(x, eps, ctx.mean, ctx.std)
   if ctx.loss_fusion:
-    robust_per_example, lower, relu_bounds = fused_ce_bound(net, xl, xu, y, ctx.num_classes, beta)
+    robust_per_example, lower, relu_bounds = fused_ce_bound(net, xl, xu, y, ctx.num_classes,
+                                                            crown_weight)
     robust = jnp.mean(robust_per_example)
   else:
     C = bounds.margin_matrix(y, ctx.num_classes)
     ilb, _, relu_bounds = bounds.compute_bounds(net, xl, xu, C=C, method="ibp",
                                                 return_relu_bounds=True)
-    lower = beta * bounds.compute_bounds(net, xl, xu, C=C, method="crown_ibp")[0] \
-        + (1 - beta) * ilb
+    lower = crown_weight * bounds.compute_bounds(net, xl, xu, C=C, method="crown_ibp")[0] \
+        + (1 - crown_weight) * ilb
     robust = robust_cross_entropy(lower, y)
   return mix(ctx, params, net, relu_bounds, logits, y, kappa, robust, lower, new_stats)
 
@@ -226,11 +253,7 @@ def fgsm_gradalign_loss(ctx: Context, params, batch_stats, masks, batch, eps, ka
                                   + 1e-12)
     metrics["gradalign"] = jnp.mean(1.0 - cos)
     loss = loss + ctx.gradalign_weight * metrics["gradalign"]
-  if ctx.rs_weight or ctx.nrs_weight or ctx.slim_l1:
-    net = batch_net(ctx, params, batch_stats, masks, stats)
-    _, relu_bounds = certified_bounds(ctx, net, x, y, eps, "ibp")
-    reg, more = regularizers(ctx, params, net, relu_bounds)
-    loss, metrics = loss + reg, {**metrics, **more}
+  loss, metrics = regularized(ctx, params, batch_stats, masks, stats, batch, eps, loss, metrics)
   return loss, (new_stats, {"loss": loss, **metrics})
 
 

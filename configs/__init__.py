@@ -1,0 +1,1 @@
+"""Dataset configs (`get_config(preset)`), shipped in the wheel as `jaxprune.configs`."""
