@@ -22,8 +22,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxprune.bounds import Net, Node, forward  # noqa: E402
-from jaxprune.verify import attack, boxes, milp, verify  # noqa: E402
+from jaxprune.bounds import Net, Node, attack, forward  # noqa: E402
+from jaxprune.verify import boxes, milp, verify  # noqa: E402
 
 
 def random_mlp(rng, widths):

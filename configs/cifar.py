@@ -21,6 +21,7 @@ def get_config(preset: str = ""):
   c.model = "cnn7l"
   c.train.augment = "crop_flip"  # as the paper's data loaders
   c.train.eps = 2 / 255
+  c.verify.dataset, c.verify.num_samples = "cifar10_eran", 100  # as the paper's code
   if preset == "eps8":
     c.train.eps = 8 / 255
     c.train.epochs = 300

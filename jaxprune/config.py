@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   e.methods = ("ibp",)  # bound methods on the first num_test images (the first selects "best")
   e.crown_num_test = 0  # > 0: also CROWN-verified accuracy on the first crown_num_test images
   e.crown_every = 1  # ... every this many epochs and at the last (CROWN costs seconds per image)
+  e.pgd_restarts = 1  # PGD accuracy on the num_test images at train.eps (0 of either: none),
+  e.pgd_steps = 10  # ... kept cheap; it selects "best" for fgsm_gradalign (verified stays 0)
 
   p = c.prune = ml_collections.ConfigDict()  # the pruning driver (jaxprune.prune.driver)
   p.pruner = "dense"  # a name in jaxprune.prune.PRUNERS; "dense" alone: a plain training run
@@ -76,6 +78,15 @@ def base_config() -> ml_collections.ConfigDict:
   p.score_batches = 1  # training batches scored by snip (first only) and tp
   p.hydra_steps = 100  # HYDRA score-optimisation steps (one training batch each)
   p.min_channels = 1  # structured pruners keep at least this many channels per conv
+
+  v = c.verify = ml_collections.ConfigDict()  # jaxprune.verify: complete verification
+  v.method = ""  # "" (the pipeline verifies nothing) | ibp | crown | alpha | bab
+  v.num_samples = 200  # the first test images (the paper: 200; CIFAR10: its ERAN subset)
+  v.timeout = 300.0  # seconds per sample (the paper's)
+  v.eps = config_dict.placeholder(float)  # None: train.eps
+  v.dataset = ""  # "": the training dataset (the paper verifies CIFAR10 on the ERAN subset)
+  v.data_dir = ""
+  v.slot = "best"  # the checkpoint of each stage that is verified: best | last
 
   d = c.distributed = ml_collections.ConfigDict()
   d.coordinator_address = ""
@@ -96,7 +107,9 @@ def validate(c, pruning: bool = False) -> None:
   """ConfigError naming every bad value; `pruning`: the pruning driver will run."""
   from jaxprune.prune import config as prune_config
   from jaxprune.train import config as train_config
-  train_config.raise_if(train_config.problems(c) + prune_config.problems(c, pruning))
+  from jaxprune.verify import config as verify_config
+  train_config.raise_if(train_config.problems(c) + prune_config.problems(c, pruning)
+                        + verify_config.problems(c))
 
 
 # --- packaged configs ------------------------------------------------------------------

@@ -44,8 +44,8 @@ CHECKPOINTS = "checkpoints"
 MASKS = "masks.npz"
 REWIND = os.path.join("rewind", "state.npz")
 SLOTS = ("last", "best")
-# Keys that never change what a run computes: where the (checksummed) data lives, how
-# processes find each other.
+# Keys (at any depth) that never change what a run computes: where the (checksummed) data
+# lives, how processes find each other.
 NON_RESULT_KEYS = ("data_dir", "distributed")
 
 
@@ -221,7 +221,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_diff(old: dict, new: dict) -> list[str]:
   """`key: old -> new` for every key that changes results (NON_RESULT_KEYS are ignored)."""
   a, b = _flat(old), _flat(new)
-  keep = lambda k: k.split(".")[0] not in NON_RESULT_KEYS
+  keep = lambda k: not set(k.split(".")) & set(NON_RESULT_KEYS)
   missing = object()
   lines = []
   for k in sorted(set(a) | set(b)):
@@ -294,7 +294,8 @@ def load_config(run: str) -> ml_collections.ConfigDict:
 def restore(run: str, round: Optional[int] = None, slot: str = "best"):
   """(model, variables, masks, config) of a run's checkpoint.
 
-  `round` selects a round of a pruning run (default: its last finished one);
+  `round` selects a round of a pruning run (default: its last finished one;
+  a round still running has checkpoints too, which the pipeline verifies);
   plain runs have no rounds. `slot` is "best" (the epoch `fit` selected) or
   "last". `variables` is {"params", "batch_stats"} with masks already applied.
   """
@@ -307,7 +308,8 @@ def restore(run: str, round: Optional[int] = None, slot: str = "best"):
       if not rounds:
         raise RunError(f"{run}: no finished round yet")
       round = rounds[-1]
-    elif round not in rounds:
+    elif round not in rounds and not os.path.isdir(
+        os.path.join(round_dir(run, round), CHECKPOINTS, slot)):
       raise RunError(f"{run}: round {round} is not finished; finished rounds: {rounds}")
   elif round is not None:
     raise RunError(f"{run} is a plain training run: it has no rounds")

@@ -246,3 +246,40 @@ def test_data_parallel_two_fake_devices_match_one_device():
   out = subprocess.run([sys.executable, "-c", DP_SCRIPT], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# --- PGD accuracy ------------------------------------------------------------------------
+
+def test_fgsm_gradalign_selects_by_pgd_accuracy_between_verified_and_clean(tmp_path):
+  """PGD accuracy is logged every epoch, picks FGSM's best epoch, and is an attack:
+  verified <= PGD <= clean at every eps, PGD == clean at eps 0 and < clean at a large eps."""
+  from jaxprune.train import evaluate, make_eval_fn
+  config = tiny_config(**{"train.mode": "fgsm_gradalign", "train.epochs": 2,
+                          "train.steps_per_epoch": 2})
+  state, summary = train_and_evaluate(config, str(tmp_path))
+  rows = runs.read_jsonl(tmp_path / "metrics.jsonl")
+  for r in rows:
+    assert 0 <= r["test_ibp_verified_acc"] <= r["test_pgd_acc"] <= r["test_clean_acc"] <= 1
+  assert summary["best"]["metric"] == "test_pgd_acc"
+  assert summary["best"]["value"] == max(r["test_pgd_acc"] for r in rows)
+
+  ds = data.load("digits")
+  x, y = data.first_n_test(ds, 64)
+  eval_fn = make_eval_fn(make_context(config, ds), ("ibp",), pgd=(1, 10))
+  at = {eps: evaluate(eval_fn, state, x, y, eps, 64) for eps in (0.0, 0.002, 0.05, 0.3)}
+  for r in at.values():
+    assert r["test_ibp_verified_acc"] <= r["test_pgd_acc"] <= r["test_clean_acc"]
+  assert at[0.0]["test_pgd_acc"] == pytest.approx(at[0.0]["test_clean_acc"], abs=1 / 64)
+  assert at[0.002]["test_ibp_verified_acc"] > 0
+  assert at[0.3]["test_pgd_acc"] < at[0.3]["test_clean_acc"]
+
+
+def test_pgd_accuracy_is_off_with_zero_steps_and_standard_keeps_clean(tmp_path):
+  config = tiny_config(**{"train.mode": "standard", "train.epochs": 1,
+                          "train.steps_per_epoch": 1, "eval.pgd_steps": 0})
+  _, summary = train_and_evaluate(config, str(tmp_path))
+  assert "test_pgd_acc" not in summary["last"]
+  assert summary["best"]["metric"] == "test_clean_acc"
+  bad = tiny_config(**{"eval.pgd_restarts": -1})
+  with pytest.raises(config_lib.ConfigError, match="eval.pgd_restarts must be >= 0"):
+    config_lib.validate(bad)

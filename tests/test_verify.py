@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune.bounds import Net, Node, forward
+from jaxprune.bounds import Net, Node, attack, forward
 from jaxprune.bounds import beta as beta_lib
 from jaxprune.bounds.crown import crown, crown_core
 from jaxprune.models.spec import INPUT
-from jaxprune.verify import attack, bab, boxes, milp, verify
+from jaxprune.verify import bab, boxes, milp, verify
 
 K = 3
 # Jitted once per shape: eager dispatch of the bound passes would dominate the test time.

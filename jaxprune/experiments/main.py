@@ -116,12 +116,30 @@ def main(FLAGS) -> None:
   from jaxprune.errors import ConfigError, RunError
   from jaxprune.prune import driver
   from jaxprune.train import NaNLossError, train_and_evaluate
-  config = FLAGS.config
+  from jaxprune.verify import config as verify_config
+  from jaxprune.verify import runner
+  config, workdir = FLAGS.config, FLAGS.workdir
   try:
+    found = verify_config.problems(config)
+    if found:
+      raise ConfigError("invalid config: " + "; ".join(found))
+
+    def verified(r=None) -> dict:
+      """Complete (or incomplete) verification of a finished stage, for its summary."""
+      s = runner.verify_stage(workdir, r)
+      print(runner.summary_text(s), flush=True)
+      return {"verify_method": s["method"], "verify_samples": s["samples"],
+              "verified_acc": s["verified_acc"], "verify_pgd_acc": s["pgd_acc"],
+              "verify_timeouts": s["num_timeout"], "verify_mean_seconds": s["mean_seconds"]}
+
+    hook = verified if config.verify.method else None
     if FLAGS.pruner is not None or config.prune.pruner != "dense":
-      driver.run(config, FLAGS.workdir, pruner=FLAGS.pruner, overwrite=FLAGS.overwrite)
+      driver.run(config, workdir, pruner=FLAGS.pruner, overwrite=FLAGS.overwrite,
+                 round_hook=hook)
     else:
-      train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+      train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+      if hook is not None:
+        hook()
   except (ConfigError, DataError, RunError) as e:
     fail(str(e))
   except NaNLossError as e:

@@ -88,12 +88,15 @@ def num_rounds(config) -> int:
   return 1 if config.prune.mode == "one_shot" else config.prune.rounds
 
 
-def run(config, workdir: str, pruner: str | None = None, overwrite: bool = False) -> list[dict]:
+def run(config, workdir: str, pruner: str | None = None, overwrite: bool = False,
+        round_hook=None) -> list[dict]:
   """All rounds (skipping finished ones); returns the summary rows.
 
   `pruner` overrides config.prune.pruner. The config, the data and the run
   directory are checked before anything is written; a directory holding
-  another config is refused (RunError) unless `overwrite`.
+  another config is refused (RunError) unless `overwrite`. `round_hook(r)`,
+  called once round r is trained, returns more fields for its summary row
+  (the CLI verifies each round with it; a later stage, so it is passed in).
   """
   config = resolve_config(config, pruner)
   p = prune.get(config.prune.pruner)
@@ -117,6 +120,8 @@ def run(config, workdir: str, pruner: str | None = None, overwrite: bool = False
       rows.append(runs.read_json(summary))
     else:
       rows.append(run_round(config, workdir, ctx, ds, p, state0, r))
+      if round_hook is not None:
+        rows[-1].update(round_hook(r))
       runs.write_json(summary, rows[-1])
     runs.write_jsonl(os.path.join(workdir, runs.SUMMARY), rows)
   print(end_summary(workdir, rows), flush=True)

@@ -48,6 +48,9 @@ def problems(c) -> list[str]:
                f"got {e.crown_num_test}")
   if not e.crown_every >= 1:
     out.append(f"eval.crown_every must be >= 1, got {e.crown_every}")
+  for key in ("pgd_restarts", "pgd_steps"):
+    if not e[key] >= 0:
+      out.append(f"eval.{key} must be >= 0, got {e[key]}")
   for m in e.methods:
     if m not in bounds.METHODS:
       out.append("eval.methods: " + unknown("bound method", m, bounds.METHODS))

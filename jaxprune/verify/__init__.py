@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune.bounds import attack
 from jaxprune.bounds.alpha import alpha_crown
 from jaxprune.bounds.crown import crown
 from jaxprune.bounds.ibp import ibp
 from jaxprune.bounds.ir import Net, fold_spec, forward
 from jaxprune.bounds.spec import margin_matrix
 from jaxprune.registry import lookup
-from jaxprune.verify import attack, boxes
+from jaxprune.verify import boxes
 from jaxprune.verify.bab import BRANCHING, Result, bab_row
 
 METHODS = ("bab", "ibp", "crown", "alpha")

@@ -2,8 +2,9 @@
 
 Everything here is in pixel space: the attack moves inside the pixel box and
 `check` re-normalises and runs plain `bounds.forward`, so a counterexample is
-exactly what the model computes on an input of the eps ball (use the inward
-rounded box of `boxes.pixel_box` for the check).
+exactly what the model computes on an input of the eps ball (complete
+verification checks against the inward rounded box of `verify.boxes`). It
+lives with the bounds, below training, because training evaluates PGD accuracy.
 """
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def check(net: Net, x, lower, upper, y, mean, std):
   axes = tuple(range(1, x.ndim))
   inside = jnp.all((x >= lower) & (x <= upper), axis=axes)
   return inside & (jnp.min(margins(net, x, y, mean, std), axis=1) < 0)
+
+
+@functools.partial(jax.jit, static_argnames=("restarts", "steps"))
+def pgd_batch(net: Net, lower, upper, y, mean, std, key, restarts: int = 16, steps: int = 30,
+              step_size: float = 0.25):
+  """`pgd` on every sample of a batch, one key each: (x (B, *shape), min margin (B,)).
+
+  lower, upper: per-sample pixel boxes (B, *shape); y: labels (B,).
+  """
+  one = lambda lo, hi, label, k: pgd(net, lo, hi, label, mean, std, k, restarts=restarts,
+                                     steps=steps, step_size=step_size)
+  return jax.vmap(one)(lower, upper, y, jax.random.split(key, y.shape[0]))
