@@ -10,8 +10,9 @@ with fixed intermediate bounds, as `verify` does), then `bound_domains` bounds
 D children per call (random splits of unstable neurons, the parents' slopes as
 warm starts) until `--seconds` pass, after one warm-up call (compilation
 excluded). Throughput counts children, as alpha-beta-CROWN's "domains/s".
-`--verify` also runs `verify(method="bab")` on one input per net under a short
-timeout, and reports its status, domains and the process's peak RSS.
+`--verify` also runs `verify(method="bab", restarts=0)` (no attack: the search
+itself) on one input per net under a short timeout, and reports its status,
+domains and the process's peak RSS.
 """
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ def setup(net, x, y, eps):
   return folded, lower, upper, rb, bab.Layout.of(folded, lower.shape[1:]), float(lb[j])
 
 
-def throughput(folded, lower, upper, rb, layout, batch, seconds, iterations, seed=0):
-  """(children per second, seconds per call, unstable neurons at the root)."""
+def throughput(folded, lower, upper, rb, layout, batch, seconds, iterations, unroll=None, seed=0):
+  """(children per second, seconds per call, seconds of the first call, unstable root neurons)."""
   rng = np.random.default_rng(seed)
   unstable = np.asarray(layout.flatten({r: (l < 0) & (u > 0) for r, (l, u) in rb.items()}))[0]
   idx = np.flatnonzero(unstable)
@@ -101,14 +102,16 @@ def throughput(folded, lower, upper, rb, layout, batch, seconds, iterations, see
   betas = np.zeros_like(alphas)
   run = lambda: jax.block_until_ready(bab.bound_domains(
       folded, lower, upper, rb, splits, alphas, betas, jax.random.PRNGKey(0), layout=layout,
-      iterations=iterations))
+      iterations=iterations, unroll=bab.unrolls(folded, layout) if unroll is None else unroll))
+  start = time.perf_counter()
   run()  # compile
+  first = time.perf_counter() - start
   calls, start = 0, time.perf_counter()
   while calls < 2 or time.perf_counter() - start < seconds:
     run()
     calls += 1
   per_call = (time.perf_counter() - start) / calls
-  return batch / per_call, per_call, int(unstable.sum())
+  return batch / per_call, per_call, first, int(unstable.sum())
 
 
 def main():
@@ -117,21 +120,26 @@ def main():
   parser.add_argument("--batches", default="8,32,128")
   parser.add_argument("--seconds", type=float, default=5.0)
   parser.add_argument("--iterations", type=int, default=bab.ITERATIONS)
+  parser.add_argument("--unroll", choices=("auto", "yes", "no"), default="auto",
+                      help="beta-CROWN's steps unrolled (auto: as bab_row decides)")
   parser.add_argument("--verify", action="store_true")
   parser.add_argument("--timeout", type=float, default=20.0)
   args = parser.parse_args()
-  print(f"{jax.devices()[0].platform} x{jax.device_count()}, iterations={args.iterations}")
-  print(f"{'net':11s} {'neurons':>7s} {'unstable':>8s} {'D':>4s} {'ms/call':>9s} {'domains/s':>10s}")
+  unroll = {"auto": None, "yes": True, "no": False}[args.unroll]
+  print(f"{jax.devices()[0].platform} x{jax.device_count()}, iterations={args.iterations}, "
+        f"unroll={args.unroll}")
+  print(f"{'net':11s} {'neurons':>7s} {'unstable':>8s} {'D':>4s} {'first s':>8s} {'ms/call':>9s} "
+        f"{'domains/s':>10s}")
   for name in args.nets.split(","):
     net, x, y, eps = build(name)
     folded, lower, upper, rb, layout, _ = setup(net, x, y, eps)
     for d in (int(b) for b in args.batches.split(",")):
-      rate, per_call, unstable = throughput(folded, lower, upper, rb, layout, d, args.seconds,
-                                            args.iterations)
-      print(f"{name:11s} {layout.size:7d} {unstable:8d} {d:4d} {1e3 * per_call:9.1f} {rate:10.1f}",
-            flush=True)
+      rate, per_call, first, unstable = throughput(folded, lower, upper, rb, layout, d,
+                                                   args.seconds, args.iterations, unroll)
+      print(f"{name:11s} {layout.size:7d} {unstable:8d} {d:4d} {first:8.1f} {1e3 * per_call:9.1f} "
+            f"{rate:10.1f}", flush=True)
     if args.verify:
-      r = verify(net, x, [y], eps=eps, timeout=args.timeout)[0]
+      r = verify(net, x, [y], eps=eps, timeout=args.timeout, restarts=0)[0]  # BaB itself
       rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
       print(f"{name:11s} verify: {r.status} domains={r.domains} depth={r.depth} "
             f"lb={r.lower_bound:+.4f} {r.seconds:.1f}s, peak RSS {rss:.2f} GiB", flush=True)

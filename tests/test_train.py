@@ -113,7 +113,7 @@ def test_crown_eval_runs_every_k_epochs_and_at_the_last(tmp_path):
 
 def test_ibp_training_learns_on_digits(tmp_path):
   """A real property, not a smoke check: IBP training beats chance by a wide margin."""
-  config = load_config(preset="", **{"train.epochs": 10, "train.eps_start": 2,
+  config = load_config(preset="ibp", **{"train.epochs": 10, "train.eps_start": 2,
                                      "train.eps_length": 5, "train.lr_milestones": (8,)})
   _, summary = train_and_evaluate(config, str(tmp_path))
   assert summary["last"]["test_clean_acc"] > 0.7  # measured 0.88

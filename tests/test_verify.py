@@ -13,6 +13,7 @@ import pytest
 from jaxprune.bounds import Net, Node, attack, forward
 from jaxprune.bounds import beta as beta_lib
 from jaxprune.bounds.crown import crown, crown_core
+from jaxprune.bounds.ir import fold_spec
 from jaxprune.models.spec import INPUT
 from jaxprune.verify import bab, boxes, milp, verify
 
@@ -354,3 +355,97 @@ def test_unknown_option():
   net, x, y, eps = instance("mlp", 0, near=False)
   with pytest.raises(ValueError, match="unknown verify options"):
     verify(net, x, [y], eps=eps, batch_size=3)
+
+
+def test_fsb_agrees():
+  """FSB (and BaBSR, above) decide as the MILP does."""
+  for seed in range(12):
+    net, x, y, eps = instance("mlp", seed)
+    r = verify(net, x, [y], eps=eps, restarts=0, branching="fsb", batch=4)[0]
+    m = milp_min(net, x, y, eps)
+    if abs(m) >= 1e-4:
+      assert (r.status == "verified" and m > 0) or (r.status == "falsified" and m < 1e-5), (seed, r, m)
+
+
+class _FSBAll(bab.FSB):
+  k = 64  # every neuron of the tiny nets: FSB becomes exhaustive
+
+
+def test_fsb_choice_brute_force():
+  """FSB picks the best of its candidates by the worse child's bound, checked neuron by neuron.
+
+  With k covering every neuron it must pick the brute-force best; with the
+  default k, a neuron no worse than BaBSR's choice (its top candidate).
+  """
+  ranks = []
+  for seed in range(4):
+    net, lo, hi, rb, splits, _ = _split_setup(seed, n_dom=2)
+    layout = bab.Layout.of(net, lo.shape[1:])
+    net1 = fold_spec(net, jnp.eye(K)[:1] - jnp.eye(K)[1:2])
+    flat_sp = np.asarray(layout.flatten(splits)).astype(bab.SPLIT_DTYPE)
+    flat_sp[0] = 0  # the root, and a random split domain
+    splits = layout.unflatten(jnp.asarray(flat_sp, jnp.float32))
+    alpha0 = np.repeat(np.asarray(layout.flatten(
+        {r: (u > -l).astype(bab.WARM_DTYPE) for r, (l, u) in rb.items()})), 2, 0)
+    args = (net1, lo, hi, rb, flat_sp, alpha0, np.zeros_like(alpha0), jax.random.PRNGKey(0))
+    picks = {h: bab.bound_domains(*args, layout=layout, heuristic=h)
+             for h in (bab.BaBSR, bab.FSB, _FSBAll)}
+    _, al, be, _, _ = picks[bab.FSB]
+    per_spec = lambda v: {r: w[:, None] for r, w in layout.unflatten(jnp.asarray(v, jnp.float32)).items()}
+    clamped = beta_lib.clamp_bounds(rb, splits)
+    unstable = np.asarray(layout.flatten({r: (l < 0) & (u > 0) for r, (l, u) in clamped.items()}))
+    for i in range(2):
+      value = {}
+      for j in np.flatnonzero(unstable[i] & (flat_sp[i] == 0)):
+        sp = np.repeat(flat_sp[i:i + 1], 2, 0).astype(np.float32)
+        sp[:, j] = (1, -1)
+        lb, _ = beta_bound(net1, lo, hi, rb, layout.unflatten(jnp.asarray(sp)),
+                           per_spec(np.repeat(al[i:i + 1], 2, 0)), per_spec(np.repeat(be[i:i + 1], 2, 0)))
+        value[j] = float(np.min(np.asarray(lb)))
+      chosen = {h: int(p[3][i]) for h, p in picks.items()}
+      if not value:  # nothing left to split: a leaf for every heuristic
+        assert set(chosen.values()) == {-1}, chosen
+        continue
+      best = max(value.values())
+      assert all(c >= 0 for c in chosen.values()), chosen
+      assert value[chosen[_FSBAll]] >= best - 1e-5, (seed, i, value, chosen)
+      assert value[chosen[bab.FSB]] >= value[chosen[bab.BaBSR]] - 1e-5, (seed, i, chosen)
+      ranks.append(sorted(value.values(), reverse=True).index(value[chosen[bab.FSB]]))
+  assert np.median(ranks) <= 2, ranks
+
+
+SHARDED = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from test_verify import _hard, instance
+from jaxprune.verify import bab, verify
+assert jax.local_device_count() == 2
+assert bab._placement(8)(np.zeros((8, 3))).sharding.num_devices == 2
+out = []
+for make in (_hard, lambda: instance("mlp", 1)):
+  net, x, y, eps = make()
+  rs = [verify(net, x, [y], eps=eps, restarts=0, batch=4, shard=s, max_domains=300)[0]
+        for s in (True, False)]
+  out.append([(r.status, r.domains, r.lower_bound) for r in rs])
+print(json.dumps(out))
+"""
+
+
+def test_sharded_matches_one_device():
+  """Domain batches sharded over 2 (fake CPU) devices give the verdicts and bounds of one."""
+  import json
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  code = SHARDED.format(tests=os.path.dirname(__file__))
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert any(a[1] > 1 for a, _ in rows), rows
+  for sharded, single in rows:
+    assert sharded[:2] == single[:2], rows
+    np.testing.assert_allclose(sharded[2], single[2], rtol=1e-4, atol=1e-6)

@@ -23,7 +23,7 @@ TINY = {"train.epochs": 3, "train.eps_start": 1, "train.eps_length": 2, "train.l
         "eval.num_test": 120, "eval.batch_size": 120}
 
 
-def tiny_config(preset="", **overrides):
+def tiny_config(preset="ibp", **overrides):
   c = config_lib.load(f"digits:{preset}")
   for k, v in {**TINY, **overrides}.items():
     section, key = k.split(".")

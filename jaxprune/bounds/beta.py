@@ -89,13 +89,16 @@ def beta_bound(net: Net, lower, upper, bounds: dict, splits: dict, alphas: Optio
 
 def beta_crown(net: Net, lower, upper, bounds: dict, splits: dict, alphas: dict, betas: dict,
                iterations: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
-               lr_decay: float = 0.98):
+               lr_decay: float = 0.98, unroll: bool = False):
   """`beta_bound` maximised over alphas in [0, 1] and betas >= 0 by projected Adam.
 
   alphas, betas: {relu: (B, S, *shape)} starting points (e.g. the parent
   domain's). Every evaluated bound is sound, so the result keeps, per (domain,
   spec), the best of the `iterations + 1` evaluations and its parameters.
   Returns (lb, alphas, betas, aux) with `aux` of the best evaluation (see `beta_bound`).
+  `unroll` unrolls the steps: inside XLA:CPU's while loop the conv transposes'
+  kernels are loop parameters, not constants, and run a several times slower
+  conv (benchmarks/RESULTS.md); unrolled, compilation takes longer.
   """
   shapes = node_shapes(net, lower)
 
@@ -132,6 +135,7 @@ def beta_crown(net: Net, lower, upper, bounds: dict, splits: dict, alphas: dict,
   states = tuple(o.init(p) for o, p in zip(opts, params))
   batch = next(iter(splits.values())).shape[0] if splits else lower.shape[0]
   start = jnp.full((batch, math.prod(shapes[net.output])), -jnp.inf, lower.dtype)
-  carry = jax.lax.fori_loop(0, iterations + 1, step, (params, states, start, params))
+  carry = jax.lax.fori_loop(0, iterations + 1, step, (params, states, start, params),
+                            unroll=unroll)
   lb, aux = evaluate(carry[3])
   return jnp.maximum(lb, carry[2]), carry[3][0], carry[3][1], aux

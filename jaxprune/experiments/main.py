@@ -136,6 +136,11 @@ def main(FLAGS) -> None:
     if FLAGS.pruner is not None or config.prune.pruner != "dense":
       driver.run(config, workdir, pruner=FLAGS.pruner, overwrite=FLAGS.overwrite,
                  round_hook=hook)
+      from jaxprune import report  # the paper's table and figures of this run
+      files = report.render(report.collect([workdir]))
+      index = report.write_files(files, os.path.join(workdir, "report"))
+      print(files["tables/table.md"], end="")
+      print(f"report: {index}", flush=True)
     else:
       train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
       if hook is not None:

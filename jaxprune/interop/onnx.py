@@ -100,7 +100,7 @@ class _Value:
 
   `image`: an ONNX (N, C, H, W) tensor held NHWC. Otherwise held flat (B, n), with
   ours[i] = onnx_flat[perm[i]] (perm None: the same order). `pad` is a pending zero
-  Pad (top, left, bottom, right) that only a Conv may consume. `batched`: the ONNX
+  Pad (top, left, bottom, right) that only a Conv may consume (`shape` is unpadded). `batched`: the ONNX
   tensor has a leading batch axis (all but the rank-1 inputs of VNN-COMP's test nets).
   """
 
@@ -332,13 +332,14 @@ class _Importer:
     self.dense(node.output[0], v, w, b)
 
   def op_MatMul(self, node, attrs):
-    if node.input[0] in self.consts:
-      raise self.error("a constant times the network's tensor (constant on the left) "
-                       "is not supported")
-    w = self.const(node.input[1]).astype(np.float64)
-    if w.ndim != 2:
-      raise self.error(f"only matrices are supported as the right operand (shape {w.shape})")
-    self.dense(node.output[0], self.value(node.input[0], image=False), w, None)
+    a, b = node.input
+    left = a in self.consts  # W @ x: only for an unbatched vector x (VNN-COMP's test nets)
+    w = self.const(a if left else b).astype(np.float64)
+    v = self.value(b if left else a, image=False)
+    if w.ndim != 2 or (left and v.batched):
+      raise self.error(f"only x @ W, or W @ x for a 1-D x, with a matrix W are supported "
+                       f"(W of shape {w.shape} on the {'left' if left else 'right'})")
+    self.dense(node.output[0], v, w.T if left else w, None)
 
   def binary(self, node, op: str):
     (a, b), out = node.input, node.output[0]
@@ -359,10 +360,11 @@ class _Importer:
         raise self.error("dividing a constant by the network's tensor is not linear")
       self.elementwise(out, b, self.value(b), scale=-1.0, shift=self.const(a))
       return
-    v, c = self.value(a), self.const(b)
-    scale, shift = {"Add": (None, c), "Sub": (None, -c), "Mul": (c, None),
-                    "Div": (1.0 / np.asarray(c, np.float64), None)}[op]
-    self.elementwise(out, a, v, scale=scale, shift=shift)
+    v, c = self.value(a), np.asarray(self.const(b), np.float64)
+    if op in ("Add", "Sub"):
+      self.elementwise(out, a, v, shift=c if op == "Add" else -c)
+    else:
+      self.elementwise(out, a, v, scale=c if op == "Mul" else 1.0 / c)
 
   def op_Add(self, node, attrs):
     self.binary(node, "Add")
@@ -454,12 +456,9 @@ class _Importer:
     v = self.value(node.input[0], image=True, pad_ok=True)
     if value != 0 or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
       raise self.error(f"only non-negative zero padding of H and W is supported (pads {pads})")
-    t, l, b, r = pads[2], pads[3], pads[6], pads[7]
-    old = v.pad or (0, 0, 0, 0)
-    c, h, w = v.shape
+    old = v.pad or (0, 0, 0, 0)  # `shape` stays the unpadded one the Conv pads
     self.values[node.output[0]] = dataclasses.replace(
-        v, shape=(c, h + t + b, w + l + r),
-        pad=(old[0] + t, old[1] + l, old[2] + b, old[3] + r))
+        v, pad=tuple(o + p for o, p in zip(old, (pads[2], pads[3], pads[6], pads[7]))))
 
   def run(self) -> OnnxNet:
     graph = self.graph

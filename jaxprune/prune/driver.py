@@ -129,8 +129,10 @@ def run(config, workdir: str, pruner: str | None = None, overwrite: bool = False
 
 
 def best_round(rows: list[dict]) -> dict:
-  """The round whose best epoch scores highest on the metric `fit` selected by."""
-  return max(rows, key=lambda row: (row.get(row["selected_by"]) or 0.0, -row["round"]))
+  """The round with the highest complete-verification accuracy when rounds were verified
+  (the paper's measure), else the highest score on the metric `fit` selected by."""
+  key = "verified_acc" if all(row.get("verified_acc") is not None for row in rows) else None
+  return max(rows, key=lambda row: (row.get(key or row["selected_by"]) or 0.0, -row["round"]))
 
 
 def end_summary(workdir: str, rows: list[dict]) -> str:
@@ -142,7 +144,9 @@ def end_summary(workdir: str, rows: list[dict]) -> str:
     lines.append(f"  round {row['round']:2d}  remain {100 * row['remain_ratio']:5.1f} %  "
                  f"epoch {row['best_epoch']}: {accuracy_text(row)}")
   best, workdir = best_round(rows), os.path.abspath(workdir)
-  lines.append(f"best round: {best['round']} (remain {100 * best['remain_ratio']:.1f} %)")
+  by = "verified_acc" if best.get("verified_acc") is not None else metric
+  lines.append(f"best round: {best['round']} (remain {100 * best['remain_ratio']:.1f} %, "
+               f"by {by})")
   lines.append(f"results: {os.path.join(workdir, runs.SUMMARY)} (one line per round), "
                f"{round_dir(workdir, 0)[:-2]}NN/ (checkpoints, masks, metrics)")
   return "\n".join(lines)

@@ -39,6 +39,7 @@ ITERATIONS = 10
 # in [0, 1] and multiplier >= 0 is sound, so rounding them costs no soundness).
 SPLIT_DTYPE, WARM_DTYPE, BETA_MAX = np.int8, jnp.float16, 6e4
 MAX_MEMORY = 4 << 30  # bytes of queued domains
+UNROLL_NEURONS = 1024  # see `unrolls`
 LEAF_ELEMENTS = 1 << 25  # float64 elements of a leaf's LP (`leaf_elements`): 256 MiB
 
 
@@ -155,21 +156,23 @@ class Layout:
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "heuristic", "iterations", "lr_alpha",
-                                             "lr_beta"))
+                                             "lr_beta", "unroll"))
 def bound_domains(net: Net, lower, upper, root: dict, splits, alphas, betas, key, layout: Layout,
                   heuristic: type = BaBSR, iterations: int = ITERATIONS, lr_alpha: float = 0.1,
-                  lr_beta: float = 0.05):
+                  lr_beta: float = 0.05, unroll: bool = False):
   """beta-CROWN bounds of D domains of a one-output net (the folded margin), flat in and out.
 
   splits: (D, N) `SPLIT_DTYPE`; alphas, betas: (D, N) `WARM_DTYPE`. Returns (lb
   (D,), alphas, betas (`WARM_DTYPE`), branch (D,) the flat neuron each domain
   splits next (-1: none left, a leaf), x (D, *in) the bound's minimiser).
+  `unroll`: beta-CROWN's steps unrolled (see `beta.beta_crown`; `bab_row` decides).
   """
   dtype = lower.dtype
   per_spec = lambda flat: {r: v[:, None] for r, v in layout.unflatten(flat.astype(dtype)).items()}
   lb, al, be, aux = beta_lib.beta_crown(net, lower, upper, root,
                                         layout.unflatten(splits.astype(dtype)), per_spec(alphas),
-                                        per_spec(betas), iterations, lr_alpha, lr_beta)
+                                        per_spec(betas), iterations, lr_alpha, lr_beta,
+                                        unroll=unroll)
   flat = lambda t: layout.flatten({r: v[:, 0] for r, v in t.items()})
   al, be = flat(al).astype(WARM_DTYPE), jnp.minimum(flat(be), BETA_MAX).astype(WARM_DTYPE)
   h = heuristic()
@@ -186,10 +189,18 @@ def bound_domains(net: Net, lower, upper, root: dict, splits, alphas, betas, key
       v = beta_lib.beta_bound(net, lower, upper, root, layout.unflatten(sp.astype(dtype)),
                               twice(al), twice(be), shapes)[0][:, 0]
       return jnp.minimum(v[:len(rows)], v[len(rows):])
+    if unroll:  # as beta-CROWN's steps (a loop slows the convs)
+      return jnp.stack([one(j) for j in cand.T], axis=1)
     return jax.lax.map(one, cand.T).T
 
   branch = h.pick(scores, split_bound).astype(jnp.int32)
   return lb[:, 0], al, be, branch, aux["x"][:, 0]
+
+
+def unrolls(net: Net, layout: Layout) -> bool:
+  """Whether to unroll beta-CROWN's steps: for convs past `UNROLL_NEURONS` ReLU neurons, where
+  the looped convs' slowdown (3-4x per call on the CNNs) outweighs the longer compile."""
+  return layout.size >= UNROLL_NEURONS and any(n.op == "conv" for n in net.nodes)
 
 
 def leaf_elements(net: Net, in_shape) -> int:
@@ -237,7 +248,8 @@ def bab_row(net: Net, lower, upper, root: dict, check: Callable, deadline: float
             tol: float = 0.0, batch: int = 8, iterations: int = ITERATIONS,
             max_domains: int = 100_000, branching: str = "babsr", lr_alpha: float = 0.1,
             lr_beta: float = 0.05, seed: int = 0, max_memory: int = MAX_MEMORY,
-            max_leaf_elements: int = LEAF_ELEMENTS, shard: bool = True) -> RowResult:
+            max_leaf_elements: int = LEAF_ELEMENTS, shard: bool = True,
+            unroll: Optional[bool] = None) -> RowResult:
   """Proves min f(x) > tol over the box for a net with one output (a folded margin), or refutes it.
 
   lower, upper: (1, *in) normalised box; root: {relu: (l, u)} (1, *shape)
@@ -246,7 +258,8 @@ def bab_row(net: Net, lower, upper, root: dict, check: Callable, deadline: float
   `time.monotonic()` seconds. "unknown" once `max_domains` are bounded or the
   queue holds more than `max_memory` bytes, and for leaves whose LP would
   exceed `max_leaf_elements` (`leaf_elements`: large nets) or ties at 0.
-  `shard` spreads each batch over the local devices (`_placement`).
+  `shard` spreads each batch over the local devices (`_placement`). `unroll`
+  (None: `unrolls(net, layout)`) unrolls beta-CROWN's steps.
   """
   heuristic = lookup(BRANCHING, branching, "branching heuristic")
   layout = Layout.of(net, lower.shape[1:])
@@ -255,9 +268,10 @@ def bab_row(net: Net, lower, upper, root: dict, check: Callable, deadline: float
   key = jax.random.PRNGKey(seed)
   counter = itertools.count()
   alpha0 = np.asarray(layout.flatten({r: (u > -l).astype(WARM_DTYPE) for r, (l, u) in root.items()}))
+  unroll = unrolls(net, layout) if unroll is None else unroll
   run = functools.partial(bound_domains, net, lower, upper, root, layout=layout,
                           heuristic=heuristic, iterations=iterations, lr_alpha=lr_alpha,
-                          lr_beta=lr_beta)
+                          lr_beta=lr_beta, unroll=unroll)
   place = _placement(width) if shard else jnp.asarray
   maps, leaf_ok, proven, depth, count, undecided = None, None, math.inf, 0, 0, False
 
