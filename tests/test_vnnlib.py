@@ -116,6 +116,15 @@ def test_write_read_round_trip(tmp_path):
     vnnlib.single_row_spec(general)
 
 
+def test_outward_float32():
+  lower, upper = np.array([0.1, -0.3, 0.5]), np.array([0.2, 1 / 3, 0.5])
+  lo, hi = vnnlib.outward_float32(lower, upper)
+  assert lo.dtype == hi.dtype == np.float32
+  assert np.all(lo.astype(np.float64) <= lower) and np.all(hi.astype(np.float64) >= upper)
+  assert np.all(np.nextafter(lo, np.float32(np.inf)) > lower)  # one ulp at most
+  assert lo[2] == hi[2] == 0.5  # exact values stay
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not os.path.isdir(VNNCOMP), reason="needs ../shared/data/vnncomp2021")
 def test_vnncomp2021_properties():

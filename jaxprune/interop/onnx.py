@@ -84,7 +84,7 @@ class OnnxNet:
   output_name: str
 
   def to_input(self, x):
-    """A batch in ONNX layout ((B, *onnx_shape), or flat (B, n) as VNNLIB's X_i) as `net`'s input."""
+    """A batch in ONNX layout, (B, *onnx_shape) or flat (B, n) as VNNLIB's X_i, for `net`."""
     x = x if hasattr(x, "reshape") else np.asarray(x)
     x = x.reshape((-1,) + self.onnx_shape)
     if len(self.input_shape) == 3:
@@ -100,8 +100,8 @@ class _Value:
 
   `image`: an ONNX (N, C, H, W) tensor held NHWC. Otherwise held flat (B, n), with
   ours[i] = onnx_flat[perm[i]] (perm None: the same order). `pad` is a pending zero
-  Pad (top, left, bottom, right) that only a Conv may consume (`shape` is unpadded). `batched`: the ONNX
-  tensor has a leading batch axis (all but the rank-1 inputs of VNN-COMP's test nets).
+  Pad (top, left, bottom, right) that only a Conv may consume (`shape` stays unpadded).
+  `batched`: the ONNX tensor has a leading batch axis (all but VNN-COMP's rank-1 inputs).
   """
 
   name: str
@@ -326,9 +326,10 @@ class _Importer:
     b = None
     if len(node.input) > 2 and node.input[2]:
       c = self.const(node.input[2]).astype(np.float64) * beta
-      if np.broadcast_shapes(c.shape, (1, w.shape[1])) != (1, w.shape[1]):
-        raise self.error(f"bias of shape {c.shape} is not per output")
-      b = np.broadcast_to(c, (1, w.shape[1]))[0]
+      try:
+        b = np.broadcast_to(c, (1, w.shape[1]))[0]
+      except ValueError:
+        raise self.error(f"bias of shape {c.shape} is not per output") from None
     self.dense(node.output[0], v, w, b)
 
   def op_MatMul(self, node, attrs):
@@ -465,7 +466,8 @@ class _Importer:
     inputs = [i for i in graph.input if i.name not in self.consts]
     if len(inputs) != 1 or len(graph.output) != 1:
       raise UnsupportedOnnx(f"need one input and one output, got inputs "
-                            f"{[i.name for i in inputs]} and outputs {[o.name for o in graph.output]}")
+                            f"{[i.name for i in inputs]}, outputs "
+                            f"{[o.name for o in graph.output]}")
     inp = inputs[0]
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in inp.type.tensor_type.shape.dim]
@@ -489,7 +491,7 @@ class _Importer:
       if (node.op_type in _CONST_FOLD and node.input
           and all(n in self.consts for n in node.input if n)):
         self.consts[node.output[0]] = _CONST_FOLD[node.op_type](
-            *(self.consts[n] for n in node.input))
+            *(self.consts[n] for n in node.input if n))
         continue
       handler(node, attrs)
       if attrs:
@@ -547,14 +549,14 @@ class _Exporter:
     return out
 
 
-def _to_onnx_const(x: tuple, shape: tuple[int, ...], c) -> np.ndarray:
-  """A constant in our layout (per channel or full) as one broadcasting to the ONNX tensor."""
+def _to_onnx_const(c, shape: tuple[int, ...], perm) -> np.ndarray:
+  """A constant over our tensor of `shape` (per channel or full) in the ONNX tensor's layout."""
   c = np.asarray(c, np.float32)
   if len(shape) == 3:  # an image, NHWC -> NCHW
     if c.ndim <= 1:
       return np.broadcast_to(c, shape[-1:]).reshape(1, -1, 1, 1)
     return np.broadcast_to(c, shape).transpose(2, 0, 1)[None]
-  return _unpermute(np.broadcast_to(c, shape).copy(), x[1])
+  return _unpermute(np.broadcast_to(c, shape).copy(), perm)
 
 
 def to_model(net: ir.Net, input_shape: Sequence[int], mean=None, std=None,
@@ -570,14 +572,10 @@ def to_model(net: ir.Net, input_shape: Sequence[int], mean=None, std=None,
              else [batch, input_shape[0]])
   # Per IR value: (ONNX tensor, perm of a flattened image or None).
   state = {INPUT: ("input", None)}
-  if mean is not None or std is not None:
-    x = state[INPUT]
-    t = x[0]
-    if mean is not None:
-      t = ex.emit("Sub", [t, ex.const("mean", _to_onnx_const(x, input_shape, mean))], "normalise")
-    if std is not None:
-      t = ex.emit("Div", [t, ex.const("std", _to_onnx_const(x, input_shape, std))], "normalise")
-    state[INPUT] = (t, None)
+  for op, c in (("Sub", mean), ("Div", std)):  # pixel space -> the net's input space
+    if c is not None:
+      t = ex.const(op.lower(), _to_onnx_const(c, input_shape, None))
+      state[INPUT] = (ex.emit(op, [state[INPUT][0], t], "normalise"), None)
   for node in net.nodes:
     x = state[node.inputs[0]]
     in_shape = shapes[node.inputs[0]]
@@ -604,11 +602,11 @@ def to_model(net: ir.Net, input_shape: Sequence[int], mean=None, std=None,
         ins.append(ex.const(node.name + "_b", node.b))
       t = ex.emit("Gemm", ins, node.name, transB=1)
     elif node.op == "affine":
-      t = ex.emit("Mul", [x[0], ex.const(node.name + "_w", _to_onnx_const(x, in_shape, node.w))],
+      t = ex.emit("Mul", [x[0], ex.const(node.name + "_w", _to_onnx_const(node.w, in_shape, x[1]))],
                   node.name if node.b is None else node.name + "/Mul")
       if node.b is not None:
         t = ex.emit("Add", [t, ex.const(node.name + "_b",
-                                        _to_onnx_const(x, in_shape, node.b))], node.name)
+                                        _to_onnx_const(node.b, in_shape, x[1]))], node.name)
       perm = x[1]
     elif node.op == "relu":
       t, perm = ex.emit("Relu", [x[0]], node.name), x[1]

@@ -5,7 +5,8 @@
         ...  # unsafe: some x in [lower, upper] with C @ f(x) <= d (every row)
 
     C, d = vnnlib.single_row_spec(disjuncts)      # one row per disjunct (robustness, ACAS Xu)
-    lo, _ = bounds.compute_bounds(net, m.to_input(lower[None]), m.to_input(upper[None]), C)
+    lo32, hi32 = vnnlib.outward_float32(lower, upper)
+    lo, _ = bounds.compute_bounds(net, m.to_input(lo32[None]), m.to_input(hi32[None]), C)
     holds = bool(np.all(lo > d))
 
     vnnlib.write("prop.vnnlib", lower, upper, vnnlib.robustness_disjuncts(label, 10))
@@ -244,6 +245,15 @@ def read(path: str) -> list[Case]:
 
 
 # --- writing ----------------------------------------------------------------------------
+
+def outward_float32(lower, upper) -> tuple[np.ndarray, np.ndarray]:
+  """The box in float32, rounded outwards: plain casting may shrink it (an unsound verdict)."""
+  lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+  lo, hi = lower.astype(np.float32), upper.astype(np.float32)
+  lo = np.where(lo > lower, np.nextafter(lo, np.float32(-np.inf)), lo)
+  hi = np.where(hi < upper, np.nextafter(hi, np.float32(np.inf)), hi)
+  return lo, hi
+
 
 def robustness_disjuncts(label: int, num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
   """"Some other logit is at least the true one": per class j != label, Y_label - Y_j <= 0.

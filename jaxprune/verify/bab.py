@@ -39,7 +39,7 @@ ITERATIONS = 10
 # in [0, 1] and multiplier >= 0 is sound, so rounding them costs no soundness).
 SPLIT_DTYPE, WARM_DTYPE, BETA_MAX = np.int8, jnp.float16, 6e4
 MAX_MEMORY = 4 << 30  # bytes of queued domains
-UNROLL_NEURONS = 1024  # see `unrolls`
+UNROLL_NEURONS = (1024, 32768)  # see `unrolls`
 LEAF_ELEMENTS = 1 << 25  # float64 elements of a leaf's LP (`leaf_elements`): 256 MiB
 
 
@@ -198,9 +198,13 @@ def bound_domains(net: Net, lower, upper, root: dict, splits, alphas, betas, key
 
 
 def unrolls(net: Net, layout: Layout) -> bool:
-  """Whether to unroll beta-CROWN's steps: for convs past `UNROLL_NEURONS` ReLU neurons, where
-  the looped convs' slowdown (3-4x per call on the CNNs) outweighs the longer compile."""
-  return layout.size >= UNROLL_NEURONS and any(n.op == "conv" for n in net.nodes)
+  """Whether to unroll beta-CROWN's steps: for conv nets of `UNROLL_NEURONS` ReLU neurons.
+
+  Measured (benchmarks/RESULTS.md): unrolled, the small Fashion-MNIST and
+  CIFAR CNNs bound 2.5-4x more domains/s; CNN-7L ran slower and compiled 4x longer.
+  """
+  lo, hi = UNROLL_NEURONS
+  return lo <= layout.size < hi and any(n.op == "conv" for n in net.nodes)
 
 
 def leaf_elements(net: Net, in_shape) -> int:
