@@ -88,7 +88,8 @@ def setup(net, x, y, eps):
   return folded, lower, upper, rb, bab.Layout.of(folded, lower.shape[1:]), float(lb[j])
 
 
-def throughput(folded, lower, upper, rb, layout, batch, seconds, iterations, unroll=None, seed=0):
+def throughput(folded, lower, upper, rb, layout, batch, seconds, iterations, unroll=None,
+               heuristic=bab.BaBSR, seed=0):
   """(children per second, seconds per call, seconds of the first call, unstable root neurons)."""
   rng = np.random.default_rng(seed)
   unstable = np.asarray(layout.flatten({r: (l < 0) & (u > 0) for r, (l, u) in rb.items()}))[0]
@@ -97,12 +98,12 @@ def throughput(folded, lower, upper, rb, layout, batch, seconds, iterations, unr
   for i in range(batch):  # a few splits each, as a search a few levels deep
     pick = rng.choice(idx, size=min(len(idx), 4), replace=False)
     splits[i, pick] = rng.choice([-1, 1], size=len(pick))
-  alphas = np.repeat(np.asarray(layout.flatten(
-      {r: (u > -l).astype(bab.WARM_DTYPE) for r, (l, u) in rb.items()})), batch, 0)
+  alphas = np.repeat(bab.initial_slopes(layout, rb), batch, 0)
   betas = np.zeros_like(alphas)
+  unroll = bab.unrolls(folded, layout) if unroll is None else unroll
   run = lambda: jax.block_until_ready(bab.bound_domains(
       folded, lower, upper, rb, splits, alphas, betas, jax.random.PRNGKey(0), layout=layout,
-      iterations=iterations, unroll=bab.unrolls(folded, layout) if unroll is None else unroll))
+      heuristic=heuristic, iterations=iterations, unroll=unroll))
   start = time.perf_counter()
   run()  # compile
   first = time.perf_counter() - start
@@ -122,12 +123,13 @@ def main():
   parser.add_argument("--iterations", type=int, default=bab.ITERATIONS)
   parser.add_argument("--unroll", choices=("auto", "yes", "no"), default="auto",
                       help="beta-CROWN's steps unrolled (auto: as bab_row decides)")
+  parser.add_argument("--branching", choices=tuple(bab.BRANCHING), default="babsr")
   parser.add_argument("--verify", action="store_true")
   parser.add_argument("--timeout", type=float, default=20.0)
   args = parser.parse_args()
   unroll = {"auto": None, "yes": True, "no": False}[args.unroll]
   print(f"{jax.devices()[0].platform} x{jax.device_count()}, iterations={args.iterations}, "
-        f"unroll={args.unroll}")
+        f"unroll={args.unroll}, branching={args.branching}")
   print(f"{'net':11s} {'neurons':>7s} {'unstable':>8s} {'D':>4s} {'first s':>8s} {'ms/call':>9s} "
         f"{'domains/s':>10s}")
   for name in args.nets.split(","):
@@ -135,11 +137,13 @@ def main():
     folded, lower, upper, rb, layout, _ = setup(net, x, y, eps)
     for d in (int(b) for b in args.batches.split(",")):
       rate, per_call, first, unstable = throughput(folded, lower, upper, rb, layout, d,
-                                                   args.seconds, args.iterations, unroll)
+                                                   args.seconds, args.iterations, unroll,
+                                                   bab.BRANCHING[args.branching])
       print(f"{name:11s} {layout.size:7d} {unstable:8d} {d:4d} {first:8.1f} {1e3 * per_call:9.1f} "
             f"{rate:10.1f}", flush=True)
     if args.verify:
-      r = verify(net, x, [y], eps=eps, timeout=args.timeout, restarts=0)[0]  # BaB itself
+      r = verify(net, x, [y], eps=eps, timeout=args.timeout, restarts=0,  # BaB itself
+                 branching=args.branching)[0]
       rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
       print(f"{name:11s} verify: {r.status} domains={r.domains} depth={r.depth} "
             f"lb={r.lower_bound:+.4f} {r.seconds:.1f}s, peak RSS {rss:.2f} GiB", flush=True)

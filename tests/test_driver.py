@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprune import config as config_lib
+import configured
 from jaxprune import data, prune, runs
 from jaxprune.prune import driver
 from jaxprune.train import ConfigError, make_context
@@ -26,11 +26,7 @@ TINY = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.lr_milestones": (1
 
 
 def load_config(preset="prune_smoke", **overrides):
-  c = config_lib.load(f"digits:{preset}")
-  for k, v in {**TINY, **overrides}.items():
-    section, key = k.split(".")
-    c[section][key] = v
-  return c
+  return configured.load_config(preset=preset, **{**TINY, **overrides})
 
 
 def final_state(config, workdir, r):

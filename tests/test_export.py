@@ -7,7 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from jaxprune import bounds, config as config_lib, data, runs
+from configured import load_config
+from jaxprune import bounds, data, runs
 from jaxprune.interop import onnx as jonnx, vnnlib
 from jaxprune.prune import driver
 from jaxprune.verify import milp, runner
@@ -20,10 +21,7 @@ TINY = {"train.epochs": 3, "train.eps_start": 1, "train.eps_length": 2, "train.l
 @pytest.fixture(scope="module")
 def verified_run(tmp_path_factory) -> Path:
   run = tmp_path_factory.mktemp("export") / "run"
-  c = config_lib.load("digits:prune_smoke")
-  for k, v in TINY.items():
-    section, key = k.split(".")
-    c[section][key] = v
+  c = load_config(preset="prune_smoke", **TINY)
   hook = lambda r: {"verified_acc": runner.verify_stage(
       str(run), r, method="bab", progress=False,
       verify_overrides={"num_samples": 12, "timeout": 20.0})["verified_acc"]}

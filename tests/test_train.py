@@ -15,20 +15,10 @@ from jaxprune import config as config_lib
 from jaxprune import data, runs
 from jaxprune.train import NaNLossError, fit, make_context, schedules, train_and_evaluate
 from jaxprune.train.state import init_state, make_optimizer
+from configured import load_config
 from trees import assert_trees_equal
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_config(name="digits", preset="smoke", **overrides):
-  c = config_lib.load(f"{name}:{preset}")
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
 
 
 def tiny_config(**overrides):

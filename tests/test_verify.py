@@ -1,4 +1,5 @@
-"""Complete verification: BaB against an exact MILP, beta-CROWN soundness, PGD, compile counts.
+"""Complete verification: BaB against an exact MILP, beta-CROWN soundness, PGD, compile counts,
+FSB against brute force, memory caps, and 2-device sharding (a subprocess).
 
 The random networks share one architecture per family (only weights differ,
 passed as arguments), so the hundreds of instances reuse a few compiled programs.
@@ -364,7 +365,8 @@ def test_fsb_agrees():
     r = verify(net, x, [y], eps=eps, restarts=0, branching="fsb", batch=4)[0]
     m = milp_min(net, x, y, eps)
     if abs(m) >= 1e-4:
-      assert (r.status == "verified" and m > 0) or (r.status == "falsified" and m < 1e-5), (seed, r, m)
+      decided = (r.status == "verified" and m > 0) or (r.status == "falsified" and m < 1e-5)
+      assert decided, (seed, r, m)
 
 
 class _FSBAll(bab.FSB):
@@ -385,13 +387,14 @@ def test_fsb_choice_brute_force():
     flat_sp = np.asarray(layout.flatten(splits)).astype(bab.SPLIT_DTYPE)
     flat_sp[0] = 0  # the root, and a random split domain
     splits = layout.unflatten(jnp.asarray(flat_sp, jnp.float32))
-    alpha0 = np.repeat(np.asarray(layout.flatten(
-        {r: (u > -l).astype(bab.WARM_DTYPE) for r, (l, u) in rb.items()})), 2, 0)
+    alpha0 = np.repeat(bab.initial_slopes(layout, rb), 2, 0)
     args = (net1, lo, hi, rb, flat_sp, alpha0, np.zeros_like(alpha0), jax.random.PRNGKey(0))
     picks = {h: bab.bound_domains(*args, layout=layout, heuristic=h)
              for h in (bab.BaBSR, bab.FSB, _FSBAll)}
     _, al, be, _, _ = picks[bab.FSB]
-    per_spec = lambda v: {r: w[:, None] for r, w in layout.unflatten(jnp.asarray(v, jnp.float32)).items()}
+    per_spec = lambda v: {r: w[:, None]
+                          for r, w in layout.unflatten(jnp.asarray(v, jnp.float32)).items()}
+    twice = lambda v, i: per_spec(np.repeat(v[i:i + 1], 2, 0))
     clamped = beta_lib.clamp_bounds(rb, splits)
     unstable = np.asarray(layout.flatten({r: (l < 0) & (u > 0) for r, (l, u) in clamped.items()}))
     for i in range(2):
@@ -400,7 +403,7 @@ def test_fsb_choice_brute_force():
         sp = np.repeat(flat_sp[i:i + 1], 2, 0).astype(np.float32)
         sp[:, j] = (1, -1)
         lb, _ = beta_bound(net1, lo, hi, rb, layout.unflatten(jnp.asarray(sp)),
-                           per_spec(np.repeat(al[i:i + 1], 2, 0)), per_spec(np.repeat(be[i:i + 1], 2, 0)))
+                           twice(al, i), twice(be, i))
         value[j] = float(np.min(np.asarray(lb)))
       chosen = {h: int(p[3][i]) for h, p in picks.items()}
       if not value:  # nothing left to split: a leaf for every heuristic
@@ -449,3 +452,19 @@ def test_sharded_matches_one_device():
   for sharded, single in rows:
     assert sharded[:2] == single[:2], rows
     np.testing.assert_allclose(sharded[2], single[2], rtol=1e-4, atol=1e-6)
+
+
+def test_memory_caps():
+  """Past their caps, alpha-CROWN refuses before allocating and BaB leaves LPs undecided."""
+  from jaxprune.bounds.alpha import AlphaMemoryError, alpha_crown
+  net, lo, hi, _, _, _ = _split_setup(0)
+  with pytest.raises(AlphaMemoryError, match="intermediate='full'"):
+    jax.eval_shape(lambda l, u: alpha_crown(net, l, u, intermediate="full", max_bytes=1), lo, hi)
+  statuses = []
+  for seed in range(4):  # seed 0 reaches a leaf's LP (found by search)
+    net, x, y, eps = instance("conv", seed)
+    full, capped = (verify(net, x, [y], eps=eps, restarts=0, batch=4, max_leaf_elements=cap)[0]
+                    for cap in (bab.LEAF_ELEMENTS, 0))
+    assert capped.status in (full.status, "unknown"), (seed, full, capped)
+    statuses.append((full.status, capped.status))
+  assert statuses[0] == ("falsified", "unknown"), statuses

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxprune import bounds, config as config_lib, data, runs
+from configured import load_config
+from jaxprune import bounds, data, runs
 from jaxprune.errors import RunError
 from jaxprune.prune import driver
 from jaxprune.train import train_and_evaluate
@@ -24,11 +25,7 @@ TINY = {"train.epochs": 3, "train.eps_start": 1, "train.eps_length": 2, "train.l
 
 
 def tiny_config(preset="ibp", **overrides):
-  c = config_lib.load(f"digits:{preset}")
-  for k, v in {**TINY, **overrides}.items():
-    section, key = k.split(".")
-    c[section][key] = v
-  return c
+  return load_config(preset=preset, **{**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +136,7 @@ def test_killed_verification_resumes_to_the_same_verdicts(trained, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(trained, run, ignore=shutil.ignore_patterns("verify"))
   args = [sys.executable, "-m", "jaxprune.experiments.verify", f"--workdir={run}",
-          "--method=bab", "--num_samples=300", "--timeout=20"]
+          "--method=bab", "--num_samples=150", "--timeout=20"]
   proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   path, deadline = run / "verify" / "bab.jsonl", time.time() + 240
   while len(runs.read_jsonl(path)) < 3:
@@ -147,14 +144,14 @@ def test_killed_verification_resumes_to_the_same_verdicts(trained, tmp_path):
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert len(runs.read_jsonl(path)) < 300
+  assert len(runs.read_jsonl(path)) < 150
   assert subprocess.run(args, cwd=REPO, capture_output=True, timeout=600).returncode == 0
   got = statuses(path)
-  assert sorted(got) == list(range(300))
+  assert sorted(got) == list(range(150))
   ref = tmp_path / "ref"  # the same, uninterrupted
   shutil.copytree(trained, ref, ignore=shutil.ignore_patterns("verify"))
   summary = runner.verify_stage(str(ref), method="bab", progress=False,
-                                verify_overrides={"num_samples": 300, "timeout": 20.0})
+                                verify_overrides={"num_samples": 150, "timeout": 20.0})
   assert summary["num_verified"] == sum(s == "verified" for s in got.values())
   assert statuses(ref / "verify" / "bab.jsonl") == got
 

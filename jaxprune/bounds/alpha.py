@@ -72,8 +72,9 @@ def init_alphas(net: Net, relu_bounds: dict, given: dict, shapes: dict, batch: i
 
 
 def alpha_memory(alphas) -> int:
-  """Bytes that optimising `alphas` (shapes suffice) holds live: the slopes, their gradient,
-  Adam's two moments and one per-chunk A-matrix of the largest target (2 x its slopes)."""
+  """Estimated bytes that optimising `alphas` (shapes suffice) holds live: the slopes, their
+  gradient, Adam's two moments, and A-matrices for one slice (a chunk, or the output's
+  batch) of the largest target, taken as twice that slice's slopes."""
   leaves = jax.tree.leaves(alphas)
   total = sum(math.prod(v.shape) * v.dtype.itemsize for v in leaves)
   per_target = [sum(math.prod(v.shape[1:]) * v.dtype.itemsize for v in jax.tree.leaves(t))

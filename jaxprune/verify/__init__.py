@@ -65,7 +65,8 @@ def verify(net: Net, x, y, eps: float, mean=0.0, std=1.0, method: str = "bab",
   leaves' LPs are solved in float64. Counterexamples are checked by a plain
   float32 forward pass at a pixel input inside the inward-rounded ball.
   `timeout` (seconds per sample) bounds the whole sample (attack included).
-  `bab_options` go to `bab.bab_row` (batch, iterations, max_domains, branching, ...).
+  `bab_options` go to `bab.bab_row` (batch, iterations, max_domains, branching:
+  "babsr" | "fsb" | "random", max_memory, shard, ...).
   """
   lookup({m: m for m in METHODS}, method, "verification method")
   if "branching" in bab_options:

@@ -10,7 +10,8 @@ nothing recompiles after the first step. Children that are
 proven (bound > tol) or infeasible are dropped; the others have their
 bound-minimising input checked concretely. A domain without unstable unsplit
 neurons is a linear program: solved exactly (`milp.minimum`), which makes the
-search complete.
+search complete, on nets whose dense LP fits (`leaf_elements`; larger leaves
+are left undecided: "unknown").
 """
 from __future__ import annotations
 
@@ -197,6 +198,11 @@ def bound_domains(net: Net, lower, upper, root: dict, splits, alphas, betas, key
   return lb[:, 0], al, be, branch, aux["x"][:, 0]
 
 
+def initial_slopes(layout: Layout, root: dict) -> np.ndarray:
+  """(1, N) CROWN's adaptive slopes (1 where u > -l) of the root bounds: the root's warm start."""
+  return np.asarray(layout.flatten({r: (u > -l).astype(WARM_DTYPE) for r, (l, u) in root.items()}))
+
+
 def unrolls(net: Net, layout: Layout) -> bool:
   """Whether to unroll beta-CROWN's steps: for conv nets of `UNROLL_NEURONS` ReLU neurons.
 
@@ -271,7 +277,7 @@ def bab_row(net: Net, lower, upper, root: dict, check: Callable, deadline: float
   per_domain = n * (np.dtype(SPLIT_DTYPE).itemsize + 2 * np.dtype(WARM_DTYPE).itemsize)
   key = jax.random.PRNGKey(seed)
   counter = itertools.count()
-  alpha0 = np.asarray(layout.flatten({r: (u > -l).astype(WARM_DTYPE) for r, (l, u) in root.items()}))
+  alpha0 = initial_slopes(layout, root)
   unroll = unrolls(net, layout) if unroll is None else unroll
   run = functools.partial(bound_domains, net, lower, upper, root, layout=layout,
                           heuristic=heuristic, iterations=iterations, lr_alpha=lr_alpha,
