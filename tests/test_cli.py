@@ -142,7 +142,7 @@ def _not_a_run(tmp):
 @pytest.mark.parametrize("workdir,extra,message", [
     (_file, [], "is a file, not a directory"),
     (_not_a_run, [], "holds no config.json: not a jaxprune run"),
-    ("run", ["--config=digits:nope"], "unknown preset 'nope' for digits.py; valid: smoke, "
+    ("run", ["--config=digits:nope"], "unknown preset 'nope' for digits.py; valid: ibp, smoke, "
      "prune_smoke"),
     ("run", ["stray"], "unexpected arguments ['stray']"),
     ("run", ["--config.data_dir=DATA"], "data_dir"),
