@@ -116,13 +116,12 @@ def main(FLAGS) -> None:
   from jaxprune.errors import ConfigError, RunError
   from jaxprune.prune import driver
   from jaxprune.train import NaNLossError, train_and_evaluate
+  from jaxprune.train.config import raise_if
   from jaxprune.verify import config as verify_config
   from jaxprune.verify import runner
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
-    found = verify_config.problems(config)
-    if found:
-      raise ConfigError("invalid config: " + "; ".join(found))
+    raise_if(verify_config.problems(config))
 
     def verified(r=None) -> dict:
       """Complete (or incomplete) verification of a finished stage, for its summary."""

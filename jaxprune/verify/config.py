@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 
 from jaxprune.registry import unknown
-
-SLOTS = ("best", "last")
+from jaxprune.runs import SLOTS
 
 
 def problems(c) -> list[str]:

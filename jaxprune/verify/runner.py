@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from jaxprune import bounds, data, prune, runs
 from jaxprune.errors import ConfigError, RunError
+from jaxprune.train.config import raise_if
 from jaxprune.utils import atomic_open
 from jaxprune.verify import config as verify_config
 from jaxprune.verify import verify
@@ -126,9 +127,7 @@ def verify_stage(run: str, round: Optional[int] = None, method: Optional[str] = 
     config.verify.update(dict(verify_overrides))
   method = method or config.verify.method or "bab"
   config.verify.method = method
-  found = verify_config.problems(config)
-  if found:
-    raise ConfigError("invalid config: " + "; ".join(found))
+  raise_if(verify_config.problems(config))
   wanted = settings(config, method)
   stage = runs.stage_dir(run, round)
   p = paths(stage, method)
