@@ -11,7 +11,7 @@ from configured import load_config
 from jaxprune import bounds, data, runs
 from jaxprune.interop import onnx as jonnx, vnnlib
 from jaxprune.prune import driver
-from jaxprune.verify import milp, runner
+from jaxprune.verify import milp, runner, vnncomp
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"train.epochs": 3, "train.eps_start": 1, "train.eps_length": 2, "train.lr_milestones": (),
@@ -70,6 +70,11 @@ def test_exported_folder_holds_our_network_and_checkable_claims(verified_run, tm
     for C, d in case.disjuncts:
       sol = milp.minimum(m.net, lo, hi, np.asarray(C)[0])
       assert sol.value > float(np.ravel(d)[0]), (i, sol.value)
+
+  # Our own VNN-COMP runner, from the files alone, proves the same claims.
+  rows = vnncomp.run_instances(str(out / "instances.csv"), str(tmp_path / "ours.csv"), limit=4,
+                               progress=False)
+  assert [r["verdict"] for r in rows] == ["unsat"] * min(4, len(proved))
 
 
 def test_all_samples_and_the_error_paths(verified_run, tmp_path):

@@ -16,7 +16,7 @@ from jaxprune.bounds import beta as beta_lib
 from jaxprune.bounds.crown import crown, crown_core
 from jaxprune.bounds.ir import fold_spec
 from jaxprune.models.spec import INPUT
-from jaxprune.verify import bab, boxes, milp, verify
+from jaxprune.verify import bab, boxes, milp, stack_disjuncts, verify
 
 K = 3
 # Jitted once per shape: eager dispatch of the bound passes would dominate the test time.
@@ -199,7 +199,7 @@ def test_infeasible_split():
 def test_no_recompilation_across_steps_and_instances():
   """After the first instance that branches, no jitted function of the pipeline compiles again."""
   from jaxprune.verify import margin_bounds
-  fns = (bab.bound_domains, attack.check, attack.pgd, margin_bounds)
+  fns = (bab.bound_domains, attack.check_spec, attack.pgd_spec, margin_bounds)
   sizes, branched = [], []
   for seed in range(12):
     net, x, y, eps = instance("mlp", seed)
@@ -254,13 +254,17 @@ def test_pgd_and_check():
     if milp_min(net, x, y, eps) < -0.05:
       break
   lo, hi = (jnp.asarray(v) for v in boxes.round32(*boxes.pixel_box(x[0], eps), outward=False))
-  xa, value = attack.pgd(net, lo, hi, y, 0.0, 1.0, jax.random.PRNGKey(0))
-  assert float(value) < 0 and bool(attack.check(net, xa[None], lo, hi, y, 0.0, 1.0)[0])
+  C, d = (jnp.asarray(v, jnp.float32) for v in stack_disjuncts(
+      [((np.eye(K)[y] - np.eye(K)[j])[None], np.zeros(1)) for j in range(K) if j != y], K))
+  check = lambda x: bool(attack.check_spec(net, x, lo, hi, C, d, 0.0, 1.0)[0])
+  xa, value = attack.pgd_spec(net, lo, hi, C, d, 0.0, 1.0, jax.random.PRNGKey(0))
+  xm, margin = attack.pgd(net, lo, hi, y, 0.0, 1.0, jax.random.PRNGKey(0))
+  assert float(value) == float(margin) < 0 and check(xa[None])  # the same objective
   r = verify(net, x, [y], eps=eps)[0]
   assert r.status == "falsified" and r.domains == 0
   assert_counterexample(net, x, y, eps, r.counterexample)
   # A violating point outside the box is no counterexample.
-  assert not bool(attack.check(net, xa[None] + 2 * eps, lo, hi, y, 0.0, 1.0)[0])
+  assert not check(xa[None] + 2 * eps)
 
 
 def test_boxes_round_outward_and_inward():

@@ -1,7 +1,9 @@
-"""PGD on the margins, and the concrete check that makes a candidate a counterexample.
+"""PGD towards an unsafe output set, and the concrete check that makes a candidate a counterexample.
 
-Everything here is in pixel space: the attack moves inside the pixel box and
-`check` re-normalises and runs plain `bounds.forward`, so a counterexample is
+The unsafe set is a sample's misclassification (`margins`, `pgd`: training's
+PGD accuracy) or a general union of polytopes (C, d) as VNNLIB writes them
+(`violation`, `pgd_spec`, `check_spec`: the verifier). Everything here is in
+pixel space: the attack moves inside the pixel box and `check_spec` re-normalises and runs plain `bounds.forward`, so a counterexample is
 exactly what the model computes on an input of the eps ball (complete
 verification checks against the inward rounded box of `verify.boxes`). It
 lives with the bounds, below training, because training evaluates PGD accuracy.
@@ -23,26 +25,33 @@ def margins(net: Net, x, y, mean, std):
   return jnp.where(jnp.arange(logits.shape[1]) == y, jnp.inf, m)
 
 
-@functools.partial(jax.jit, static_argnames=("restarts", "steps"))
-def pgd(net: Net, lower, upper, y, mean, std, key, restarts: int = 16, steps: int = 30,
-        step_size: float = 0.25):
-  """Best (x, min margin) over `restarts` projected sign-gradient descents on the min margin.
+def violation(out, C, d):
+  """How far outputs (B, n_out) are from an unsafe set, (B,): <= 0 exactly inside it.
 
-  lower, upper: the pixel box (shape of one input); the steps are `step_size`
-  of the box width, decaying linearly; restart 0 starts at the box centre,
-  the others uniformly at random.
+  The unsafe set is the union over disjuncts k of {y : C[k] y <= d[k]} (C (K, R,
+  n_out), d (K, R)); rows padded with d = +inf never count. The value is the
+  min over k of the max over rows of C[k] y - d[k].
+  """
+  return jnp.min(jnp.max(jnp.einsum("kro,bo->bkr", C, out) - d, axis=2), axis=1)
+
+
+def _descend(objective, lower, upper, key, restarts: int, steps: int, step_size: float):
+  """Best (x, value) of `restarts` projected sign-gradient descents of objective over the box.
+
+  objective: (R, *shape) -> (R,). Steps are `step_size` of the box width,
+  decaying linearly; restart 0 starts at the box centre, the others uniformly
+  at random.
   """
   shape = (restarts,) + lower.shape
   x = lower + (upper - lower) * jax.random.uniform(key, shape, lower.dtype)
   x = x.at[0].set((lower + upper) / 2)
-  objective = lambda x: jnp.min(margins(net, x, y, mean, std), axis=1)
   grad = jax.grad(lambda x: jnp.sum(objective(x)))
+  where = lambda v: v.reshape((-1,) + (1,) * lower.ndim)
 
   def step(t, carry):
     x, best_x, best = carry
     value = objective(x)
-    better = value < best
-    best_x = jnp.where(better.reshape((-1,) + (1,) * lower.ndim), x, best_x)
+    best_x = jnp.where(where(value < best), x, best_x)
     best = jnp.minimum(value, best)
     size = step_size * (1.0 - t / (steps + 1)) * (upper - lower)
     x = jnp.clip(x - size * jnp.sign(grad(x)), lower, upper)
@@ -51,18 +60,34 @@ def pgd(net: Net, lower, upper, y, mean, std, key, restarts: int = 16, steps: in
   init = (x, x, jnp.full((restarts,), jnp.inf, lower.dtype))
   x, best_x, best = jax.lax.fori_loop(0, steps, step, init)
   value = objective(x)
-  best_x = jnp.where((value < best).reshape((-1,) + (1,) * lower.ndim), x, best_x)
+  best_x = jnp.where(where(value < best), x, best_x)
   best = jnp.minimum(value, best)
   i = jnp.argmin(best)
   return best_x[i], best[i]
 
 
+@functools.partial(jax.jit, static_argnames=("restarts", "steps"))
+def pgd(net: Net, lower, upper, y, mean, std, key, restarts: int = 16, steps: int = 30,
+        step_size: float = 0.25):
+  """Best (x, min margin) of PGD on the min margin over the pixel box (one input's shape)."""
+  objective = lambda x: jnp.min(margins(net, x, y, mean, std), axis=1)
+  return _descend(objective, lower, upper, key, restarts, steps, step_size)
+
+
+@functools.partial(jax.jit, static_argnames=("restarts", "steps"))
+def pgd_spec(net: Net, lower, upper, C, d, mean, std, key, restarts: int = 16, steps: int = 30,
+             step_size: float = 0.25):
+  """Best (x, `violation`) of PGD towards the unsafe set (C, d) over the box (pixel space)."""
+  objective = lambda x: violation(forward(net, (x - mean) / std), C, d)
+  return _descend(objective, lower, upper, key, restarts, steps, step_size)
+
+
 @jax.jit
-def check(net: Net, x, lower, upper, y, mean, std):
-  """(B,) True where x (B, *shape, pixel space) lies in [lower, upper] and some margin is < 0."""
+def check_spec(net: Net, x, lower, upper, C, d, mean, std):
+  """(B,) True where x (B, *shape, pixel space) lies in [lower, upper] and reaches the unsafe set."""
   axes = tuple(range(1, x.ndim))
   inside = jnp.all((x >= lower) & (x <= upper), axis=axes)
-  return inside & (jnp.min(margins(net, x, y, mean, std), axis=1) < 0)
+  return inside & (violation(forward(net, (x - mean) / std), C, d) <= 0)
 
 
 @functools.partial(jax.jit, static_argnames=("restarts", "steps"))

@@ -91,6 +91,13 @@ class OnnxNet:
       x = x.transpose(0, 2, 3, 1)
     return x.reshape((-1,) + self.input_shape)
 
+  def from_input(self, x):
+    """The inverse of `to_input`: a batch in the net's layout as flat (B, n) ONNX order (X_i)."""
+    x = np.asarray(x).reshape((-1,) + self.input_shape)
+    if len(self.input_shape) == 3:
+      x = x.transpose(0, 3, 1, 2)
+    return x.reshape(x.shape[0], -1)
+
 
 # --- import -----------------------------------------------------------------------------
 

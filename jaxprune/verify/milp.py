@@ -94,8 +94,12 @@ class _Program:
 
 
 def minimum(net: Net, lower, upper, c, phases: Optional[dict] = None, maps=None,
-            time_limit: Optional[float] = None) -> Solution:
+            time_limit: Optional[float] = None, d=None) -> Solution:
   """min of c . f(x) over lower <= x <= upper (one input, its own shape or with a batch axis of 1).
+
+  c of shape (R, n_out) with offsets d (R,) (default 0): min of max_r c_r . f(x)
+  - d_r, which is <= 0 exactly where some input satisfies C f(x) <= d (a
+  VNNLIB disjunct is reachable).
 
   phases: {relu name: flat array in {-1, 0, 1}} fixes ReLU phases (z >= 0 or
   z <= 0 added as constraints); with every unstable ReLU fixed the program
@@ -125,16 +129,29 @@ def minimum(net: Net, lower, upper, c, phases: Optional[dict] = None, maps=None,
       raise ValueError(f"milp: no encoding for op {node.op!r}")
     vals[node.name] = (E, e)
   E, e = vals[net.output]
-  c = np.asarray(c, np.float64).reshape(-1)
-  obj = prog.pad((c @ E)[None])[0]
-  const = float(c @ e)
+  C = np.asarray(c, np.float64)
+  C = C.reshape(1, -1) if C.ndim < 2 else C
+  off = np.zeros(len(C)) if d is None else np.asarray(d, np.float64).reshape(-1)
+  if len(C) == 1:
+    obj, const = prog.pad(C @ E)[0], float(C[0] @ e - off[0])
+  else:  # min t subject to t >= c_r . f(x) - d_r
+    t_lo, t_hi = prog.interval(C @ E, C @ e - off)
+    t = prog.add_vars([np.max(t_lo)], [np.max(t_hi)], False)
+    rows = prog.pad(C @ E)
+    rows[:, t] = -1.0
+    prog.constrain(rows, np.full(len(C), -np.inf), off - C @ e)
+    obj, const = np.eye(len(prog.lo))[t], 0.0
   rows = [np.pad(r, (0, len(prog.lo) - len(r))) for r in prog.rows]
   cons = [LinearConstraint(np.array(rows), prog.rlo, prog.rhi)] if rows else []
   options = {"mip_rel_gap": 1e-9}
   if time_limit is not None:
     options["time_limit"] = time_limit
-  res = milp(obj, constraints=cons, integrality=np.array(prog.integer),
-             bounds=Bounds(np.array(prog.lo), np.array(prog.hi)), options=options)
+  solve = lambda **extra: milp(obj, constraints=cons, integrality=np.array(prog.integer),
+                              bounds=Bounds(np.array(prog.lo), np.array(prog.hi)),
+                              options={**options, **extra})
+  res = solve()
+  if res.status == 4:  # HiGHS's occasional numerical "Solve error": once more without presolve
+    res = solve(presolve=False)
   if res.status == 2:
     return Solution(math.inf, None, res.status)
   if res.x is None:
