@@ -61,19 +61,20 @@ def assert_counterexample(net, x, lo, hi, disjuncts):
   assert vnncomp.unsafe(y, disjuncts)
 
 
-@pytest.mark.parametrize("input_split,restarts", [(True, 16), (True, 0), (False, 0)])
-def test_properties_agree_with_milp(input_split, restarts):
+@pytest.mark.parametrize("input_split,restarts,n", [(True, 16, 20), (True, 0, 20), (False, 0, 20)])
+def test_properties_agree_with_milp(input_split, restarts, n):
   """Input splits and ReLU splits (one row at a time), with and without the attack."""
   rng = np.random.default_rng(int(input_split) + restarts)
   counts = {"verified": 0, "falsified": 0, "unknown": 0}
-  for _ in range(30):
+  for _ in range(n):
     net = mlp(rng)
     lo, hi, disjuncts = random_property(rng, net, 3)
     truth = exact(net, lo, hi, disjuncts)
     if abs(truth) < 1e-3:
       continue  # a tie within the solvers' tolerances decides nothing
     r = verify_property(net, lo, hi, disjuncts, timeout=60.0, restarts=restarts,
-                        input_split=input_split, batch=8)
+                        input_split=input_split, batch=8,
+                        **({} if input_split else {"max_domains": 3000}))
     counts[r.status] = counts.get(r.status, 0) + 1
     if r.status == "verified":
       assert truth > 0, (truth, r)
@@ -81,10 +82,10 @@ def test_properties_agree_with_milp(input_split, restarts):
     elif r.status == "falsified":
       assert truth < 0
       assert_counterexample(net, r.counterexample, lo, hi, disjuncts)
-    else:  # ReLU splits may leave a multi-row conjunction undecided; never input splits here
+    else:  # ReLU splits may leave a multi-row conjunction undecided (within 3000 domains here)
       assert not input_split and truth > 0 and any(len(d) > 1 for _, d in disjuncts), r
-  assert counts["verified"] >= 5 and counts["falsified"] >= 5, counts
-  assert counts["unknown"] <= 6, counts
+  assert counts["verified"] >= 4 and counts["falsified"] >= 4, counts
+  assert counts["unknown"] <= 4, counts
 
 
 def test_empty_conjunction_and_constant_disjuncts():
