@@ -15,6 +15,7 @@ from jaxprune.bounds import Net, Node, attack, forward
 from jaxprune.bounds import beta as beta_lib
 from jaxprune.bounds.crown import crown, crown_core
 from jaxprune.bounds.ir import fold_spec
+from jaxprune.interop import vnnlib
 from jaxprune.models.spec import INPUT
 from jaxprune.verify import bab, boxes, milp, stack_disjuncts, verify
 
@@ -254,8 +255,8 @@ def test_pgd_and_check():
     if milp_min(net, x, y, eps) < -0.05:
       break
   lo, hi = (jnp.asarray(v) for v in boxes.round32(*boxes.pixel_box(x[0], eps), outward=False))
-  C, d = (jnp.asarray(v, jnp.float32) for v in stack_disjuncts(
-      [((np.eye(K)[y] - np.eye(K)[j])[None], np.zeros(1)) for j in range(K) if j != y], K))
+  C, d = (jnp.asarray(v, jnp.float32)
+          for v in stack_disjuncts(vnnlib.robustness_disjuncts(y, K), K))
   check = lambda x: bool(attack.check_spec(net, x, lo, hi, C, d, 0.0, 1.0)[0])
   xa, value = attack.pgd_spec(net, lo, hi, C, d, 0.0, 1.0, jax.random.PRNGKey(0))
   xm, margin = attack.pgd(net, lo, hi, y, 0.0, 1.0, jax.random.PRNGKey(0))

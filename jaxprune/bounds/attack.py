@@ -3,10 +3,11 @@
 The unsafe set is a sample's misclassification (`margins`, `pgd`: training's
 PGD accuracy) or a general union of polytopes (C, d) as VNNLIB writes them
 (`violation`, `pgd_spec`, `check_spec`: the verifier). Everything here is in
-pixel space: the attack moves inside the pixel box and `check_spec` re-normalises and runs plain `bounds.forward`, so a counterexample is
-exactly what the model computes on an input of the eps ball (complete
-verification checks against the inward rounded box of `verify.boxes`). It
-lives with the bounds, below training, because training evaluates PGD accuracy.
+pixel space: the attack moves inside the pixel box and `check_spec`
+re-normalises and runs plain `bounds.forward`, so a counterexample is exactly
+what the model computes on an input of the eps ball (complete verification
+checks against the inward rounded box of `verify.boxes`). It lives with the
+bounds, below training, because training evaluates PGD accuracy.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ benchmark folder (`jaxprune.verify.vnncomp`).
 """
 from __future__ import annotations
 
+import collections
 import os
 import sys
 
@@ -118,12 +119,9 @@ def vnn_main(args: dict) -> None:
       out = args["out"]
       if os.path.isdir(out) or not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         fail(f"--out {out} must be a file in an existing directory")
-      vnncomp.read_instances(args["instances"])  # refuses a bad CSV before anything is written
-      rows = vnncomp.run_instances(args["instances"], out, timeout,
+      rows = vnncomp.run_instances(args["instances"], out, timeout,  # refuses a bad CSV first
                                    number(args, "limit", int, None), **options)
-      counts = {}
-      for r in rows:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+      counts = collections.Counter(r["verdict"] for r in rows)
       print(f"{len(rows)} instances: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
             + f"; results in {out}", flush=True)
       return

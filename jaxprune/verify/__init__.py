@@ -35,6 +35,7 @@ from jaxprune.bounds.alpha import alpha_crown
 from jaxprune.bounds.crown import crown
 from jaxprune.bounds.ibp import ibp
 from jaxprune.bounds.ir import Net, fold_spec, forward
+from jaxprune.interop import vnnlib
 from jaxprune.registry import lookup
 from jaxprune.verify import boxes, inputsplit
 from jaxprune.verify.bab import BRANCHING, Result, bab_row
@@ -107,9 +108,7 @@ def verify(net: Net, x, y, eps: float, mean=0.0, std=1.0, method: str = "bab",
       continue
     lower, upper = boxes.normalised_box(x[i], eps, mean, std, *pixel_range)
     p_lo, p_hi = boxes.round32(*boxes.pixel_box(x[i], eps, *pixel_range), outward=False)
-    eye = np.eye(logits.shape[0])
-    disjuncts = [((eye[y[i]] - eye[j])[None], np.zeros(1)) for j in range(logits.shape[0])
-                 if j != y[i]]
+    disjuncts = vnnlib.robustness_disjuncts(int(y[i]), logits.shape[0])
     results.append(_decide(net, disjuncts, lower, upper, p_lo, p_hi, mean32, std32, logits,
                            method, start, start + timeout, sub, settings, bab_options))
   return results
@@ -142,8 +141,8 @@ def verify_property(net: Net, lower, upper, disjuncts, method: str = "bab",
   logits = np.asarray(_forward(net, centre))[0]
   settings = dict(tol=tol, restarts=restarts, steps=steps, root_iterations=root_iterations,
                   intermediate=intermediate, input_split=input_split)
-  one = jnp.asarray(1.0, jnp.float32)
-  return _decide(net, disjuncts, lo32, hi32, p_lo, p_hi, 0.0 * one, one, logits, method, start,
+  zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)  # no normalisation
+  return _decide(net, disjuncts, lo32, hi32, p_lo, p_hi, zero, one, logits, method, start,
                  start + timeout if deadline is None else deadline, jax.random.PRNGKey(seed),
                  settings, bab_options)
 

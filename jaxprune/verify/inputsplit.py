@@ -5,15 +5,15 @@ once, which converges much faster than ReLU splits (alpha-beta-CROWN uses input
 splits on ACAS Xu for the same reason). A domain is a sub-box; a step pops the
 `batch` worst, bounds both halves along every input dimension in one jitted
 call of fixed shape (2 * n * batch boxes, CROWN), keeps for each box the
-dimension whose worse half is best (the bounds decide, as in FSB), drops the
-proven halves and checks the centres of the others as counterexamples.
+dimension whose halves leave the least to prove (`split_all`: the bounds
+decide, as in FSB), drops the proven halves and checks the centres of the
+others as counterexamples.
 
 The net here has R outputs (a disjunct's rows folded in, offsets subtracted):
 the disjunct is impossible on a box where some row's lower bound is > tol.
 """
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import math
@@ -88,7 +88,7 @@ def bab_box(net: Net, lower, upper, check: Callable, deadline: float, tol: float
   value = float(box_value(net, jnp.asarray(lower), jnp.asarray(upper))[0])
   heap = [(value, next(counter), lower[0], upper[0], 0)] if value <= tol else []
   proven, count, depth, undecided = (value if value > tol else math.inf), 1, 0, False
-  pad = lambda v: np.concatenate([v, np.repeat(v[:1], batch - len(v), 0)])
+  pad = lambda v, width=batch: np.concatenate([v, np.repeat(v[:1], width - len(v), 0)])
   while heap:
     if time.monotonic() > deadline:
       return RowResult("timeout", count, depth, min(proven, heap[0][0]))
@@ -102,8 +102,7 @@ def bab_box(net: Net, lower, upper, check: Callable, deadline: float, tol: float
         jnp.asarray(root_width)))
     count += 2 * len(parents) * lo[0, 0].size
     centres = ((lo + hi) / 2).reshape((-1,) + lo.shape[2:])
-    found = np.asarray(check(jnp.asarray(np.concatenate([centres, np.repeat(
-        centres[:1], 2 * batch - len(centres), 0)]))))[:len(centres)]
+    found = np.asarray(check(jnp.asarray(pad(centres, 2 * batch))))[:len(centres)]
     if found.any():
       return RowResult("falsified", count, depth, -math.inf, centres[np.argmax(found)])
     for i, d in enumerate(parents):

@@ -137,9 +137,9 @@ def minimum(net: Net, lower, upper, c, phases: Optional[dict] = None, maps=None,
   else:  # min t subject to t >= c_r . f(x) - d_r
     t_lo, t_hi = prog.interval(C @ E, C @ e - off)
     t = prog.add_vars([np.max(t_lo)], [np.max(t_hi)], False)
-    rows = prog.pad(C @ E)
-    rows[:, t] = -1.0
-    prog.constrain(rows, np.full(len(C), -np.inf), off - C @ e)
+    cut = prog.pad(C @ E)
+    cut[:, t] = -1.0
+    prog.constrain(cut, np.full(len(C), -np.inf), off - C @ e)
     obj, const = np.eye(len(prog.lo))[t], 0.0
   rows = [np.pad(r, (0, len(prog.lo) - len(r))) for r in prog.rows]
   cons = [LinearConstraint(np.array(rows), prog.rlo, prog.rhi)] if rows else []

@@ -16,6 +16,7 @@ fails the re-check makes the verdict `unknown`, never `sat`.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import math
@@ -177,9 +178,7 @@ def run_instances(instances_csv: str, out_csv: str, timeout: Optional[float] = N
       rows = {(r["onnx"], r["vnnlib"]): r for r in csv.DictReader(f)}
   result_dir = os.path.splitext(out_csv)[0] + "_results"
   os.makedirs(result_dir, exist_ok=True)
-  counts = {}
-  for r in rows.values():
-    counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+  counts = collections.Counter(r["verdict"] for r in rows.values())
   bar = tqdm(todo, desc="instances", disable=not progress, dynamic_ncols=True)
   for onnx_file, prop, budget in bar:
     key = _key(onnx_file, prop)
@@ -195,6 +194,6 @@ def run_instances(instances_csv: str, out_csv: str, timeout: Optional[float] = N
       w = csv.DictWriter(f, COLUMNS)
       w.writeheader()
       w.writerows(rows[_key(o, p)] for o, p, _ in every if _key(o, p) in rows)
-    counts[inst.verdict] = counts.get(inst.verdict, 0) + 1
+    counts[inst.verdict] += 1
     bar.set_postfix(counts)
   return [rows[_key(o, p)] for o, p, _ in todo if _key(o, p) in rows]
